@@ -1,0 +1,24 @@
+"""ConvNeXt V1/V2 as a multi-scale backbone: one model, HF backbone semantics, every checkpoint format.
+
+Imports torch only; the Detectron2 and MMSegmentation adapters live in ``integrations/``.
+"""
+from .config import ConvNextConfig, ConvNextV2Config, list_presets
+from .convert import CheckpointError, LoadReport, load_checkpoint
+from .model import BackboneOutput, ConvNextBackbone, ConvNextForImageClassification, build_backbone
+from .processing import ConvNextImageProcessor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneOutput",
+    "CheckpointError",
+    "ConvNextBackbone",
+    "ConvNextConfig",
+    "ConvNextForImageClassification",
+    "ConvNextImageProcessor",
+    "ConvNextV2Config",
+    "LoadReport",
+    "build_backbone",
+    "list_presets",
+    "load_checkpoint",
+]

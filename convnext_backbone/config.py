@@ -1,0 +1,293 @@
+"""ConvNeXt V1/V2 configurations with Hugging Face field names and backbone semantics.
+
+Field names follow ``transformers.ConvNextConfig`` / ``ConvNextV2Config`` so that a HF
+``config.json`` reads unchanged; ``out_features`` / ``out_indices`` follow the rules of HF's
+``BackboneConfigMixin`` (checked against transformers itself in the tests), except that
+negative indices are normalised and tuples are accepted.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = [
+    "ConvNextConfig",
+    "ConvNextV2Config",
+    "PRESETS",
+    "list_presets",
+    "resolve_out_features_out_indices",
+    "config_from_preset_name",
+]
+
+# (depths, hidden_sizes) as published: V1 in "A ConvNet for the 2020s", V2 in "ConvNeXt V2".
+PRESETS: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...]]]] = {
+    "convnext": {
+        "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+        "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+        "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+        "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+        "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+    },
+    "convnextv2": {
+        "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+        "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+        "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+        "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+        "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+        "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+        "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+        "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
+    },
+}
+
+
+def list_presets(version: str | None = None) -> list[str]:
+    """Model names accepted by ``build_backbone``, e.g. ``convnext_tiny``, ``convnextv2_atto``."""
+    types = [version] if version else list(PRESETS)
+    for t in types:
+        if t not in PRESETS:
+            raise ValueError(f"unknown ConvNeXt version {t!r}; expected one of {list(PRESETS)}")
+    return [f"{t}_{size}" for t in types for size in PRESETS[t]]
+
+
+def stage_names_for(num_stages: int) -> list[str]:
+    return ["stem"] + [f"stage{i}" for i in range(1, num_stages + 1)]
+
+
+def resolve_out_features_out_indices(
+    out_features: Sequence[str] | None,
+    out_indices: Sequence[int] | None,
+    stage_names: Sequence[str],
+) -> tuple[list[str], list[int]]:
+    """Apply HF backbone rules; return aligned ``(out_features, out_indices)``.
+
+    Neither given: the last stage. One given: the other derived. Both: they must agree.
+    Always a subset of ``stage_names``, without duplicates, in stage order.
+    """
+    names = list(stage_names)
+    n = len(names)
+    if out_features is not None:
+        if isinstance(out_features, str) or not isinstance(out_features, (list, tuple)):
+            raise ValueError(f"out_features must be a list of stage names from {names}, got {out_features!r}")
+        out_features = list(out_features)
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"out_features must be a subset of stage_names {names}; unknown: {unknown}")
+        if len(set(out_features)) != len(out_features):
+            raise ValueError(f"out_features must not contain duplicates, got {out_features} (allowed: {names})")
+        ordered = [f for f in names if f in out_features]
+        if ordered != out_features:
+            raise ValueError(f"out_features must follow the order of stage_names {names}: expected {ordered}, got {out_features}")
+    if out_indices is not None:
+        if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, (list, tuple)):
+            raise ValueError(f"out_indices must be a list of ints in [-{n}, {n - 1}], got {out_indices!r}")
+        raw = list(out_indices)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+            raise ValueError(f"out_indices must be ints in [-{n}, {n - 1}] (for {names}), got {raw}")
+        bad = [i for i in raw if not -n <= i < n]
+        if bad:
+            raise ValueError(f"out_indices must be valid indices for stage_names {names} (range [-{n}, {n - 1}]), got {raw}")
+        norm = [i % n for i in raw]
+        if len(set(norm)) != len(norm):
+            raise ValueError(f"out_indices must not contain duplicates, got {raw} (normalised {norm}; allowed 0..{n - 1} = {names})")
+        if norm != sorted(norm):
+            raise ValueError(f"out_indices must follow the order of stage_names {names}: expected {sorted(norm)}, got {raw}")
+        out_indices = norm
+    if out_features is None and out_indices is None:
+        return [names[-1]], [n - 1]
+    if out_features is None:
+        return [names[i] for i in out_indices], out_indices
+    if out_indices is None:
+        return out_features, [names.index(f) for f in out_features]
+    if len(out_features) != len(out_indices):
+        raise ValueError(f"out_features {out_features} and out_indices {out_indices} must have the same length when both are set")
+    if out_features != [names[i] for i in out_indices]:
+        raise ValueError(
+            f"out_features {out_features} and out_indices {out_indices} must name the same stages "
+            f"(out_indices {out_indices} are {[names[i] for i in out_indices]})"
+        )
+    return out_features, out_indices
+
+
+class ConvNextConfig:
+    """ConvNeXt V1 configuration (HF field names) plus the backbone training knobs.
+
+    ``norm_outputs``: each returned feature map gets its own LayerNorm, as in the official
+    det/seg backbones and HF. ``frozen_stages``: -1 trains everything, 0 freezes the stem,
+    k freezes the stem and stages 1..k. ``channels_last`` keeps activations NHWC in memory,
+    which makes the block's permutes free (outputs are the same either way).
+    """
+
+    model_type = "convnext"
+    uses_grn = False
+    _fields = (
+        "num_channels", "patch_size", "num_stages", "hidden_sizes", "depths", "hidden_act",
+        "initializer_range", "layer_norm_eps", "layer_scale_init_value", "drop_path_rate",
+        "image_size", "norm_outputs", "frozen_stages", "gradient_checkpointing", "channels_last",
+        "num_labels",
+    )
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        patch_size: int = 4,
+        num_stages: int = 4,
+        hidden_sizes: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (3, 3, 9, 3),
+        hidden_act: str = "gelu",
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        layer_scale_init_value: float = 1e-6,
+        drop_path_rate: float = 0.0,
+        image_size: int = 224,
+        out_features: Sequence[str] | None = None,
+        out_indices: Sequence[int] | None = None,
+        norm_outputs: bool = True,
+        frozen_stages: int = -1,
+        gradient_checkpointing: bool = False,
+        channels_last: bool = True,
+        num_labels: int = 1000,
+        **unused: Any,
+    ):
+        self.num_channels = int(num_channels)
+        self.patch_size = int(patch_size)
+        self.num_stages = int(num_stages)
+        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.depths = [int(d) for d in depths]
+        self.hidden_act = hidden_act
+        self.initializer_range = float(initializer_range)
+        self.layer_norm_eps = float(layer_norm_eps)
+        self.layer_scale_init_value = float(layer_scale_init_value)
+        self.drop_path_rate = float(drop_path_rate)
+        self.image_size = image_size
+        self.norm_outputs = bool(norm_outputs)
+        self.frozen_stages = int(frozen_stages)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.channels_last = bool(channels_last)
+        # HF classification configs carry the label count as id2label.
+        self.num_labels = len(unused["id2label"]) if "id2label" in unused else int(num_labels)
+        self._validate()
+        self.stage_names = stage_names_for(self.num_stages)
+        self._out_features, self._out_indices = resolve_out_features_out_indices(out_features, out_indices, self.stage_names)
+
+    def _validate(self) -> None:
+        if len(self.hidden_sizes) != self.num_stages or len(self.depths) != self.num_stages:
+            raise ValueError(
+                f"hidden_sizes ({self.hidden_sizes}) and depths ({self.depths}) must both have num_stages={self.num_stages} entries"
+            )
+        if self.hidden_act not in ("gelu",):
+            raise ValueError(f"hidden_act must be 'gelu' (the only activation ConvNeXt uses), got {self.hidden_act!r}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not -1 <= self.frozen_stages <= self.num_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {self.num_stages}], got {self.frozen_stages}")
+        if self.num_channels < 1 or self.patch_size < 1:
+            raise ValueError(f"num_channels and patch_size must be positive, got {self.num_channels}, {self.patch_size}")
+
+    # HF-style properties: setting one re-derives the other.
+    @property
+    def out_features(self) -> list[str]:
+        return list(self._out_features)
+
+    @out_features.setter
+    def out_features(self, value: Sequence[str] | None) -> None:
+        self._out_features, self._out_indices = resolve_out_features_out_indices(value, None, self.stage_names)
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._out_indices)
+
+    @out_indices.setter
+    def out_indices(self, value: Sequence[int] | None) -> None:
+        self._out_features, self._out_indices = resolve_out_features_out_indices(None, value, self.stage_names)
+
+    @property
+    def strides(self) -> list[int]:
+        """Stride of every stage name: stem = patch, then x2 per stage."""
+        return [self.patch_size] + [self.patch_size * 2**i for i in range(self.num_stages)]
+
+    @property
+    def channels_per_stage(self) -> list[int]:
+        return [self.hidden_sizes[0]] + list(self.hidden_sizes)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ConvNextConfig":
+        presets = PRESETS[cls.model_type]
+        if name not in presets:
+            raise ValueError(f"unknown {cls.model_type} preset {name!r}; expected one of {list(presets)}")
+        depths, hidden_sizes = presets[name]
+        kwargs: dict[str, Any] = {"depths": depths, "hidden_sizes": hidden_sizes}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: copy.deepcopy(getattr(self, k)) for k in self._fields if hasattr(self, k)}
+        d["model_type"] = self.model_type
+        d["out_features"] = self.out_features
+        d["out_indices"] = self.out_indices
+        d["stage_names"] = list(self.stage_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> "ConvNextConfig":
+        d = dict(d)
+        model_type = d.pop("model_type", cls.model_type)
+        target = CONFIG_CLASSES.get(model_type)
+        if target is None:
+            raise ValueError(f"config model_type {model_type!r} is not a ConvNeXt; expected one of {list(CONFIG_CLASSES)}")
+        d.pop("stage_names", None)
+        d.pop("architectures", None)
+        if "out_features" in overrides or "out_indices" in overrides:
+            d.pop("out_features", None)
+            d.pop("out_indices", None)
+        d.update(overrides)
+        return target(**d)
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path, **overrides: Any) -> "ConvNextConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()), **overrides)
+
+    def copy(self, **overrides: Any) -> "ConvNextConfig":
+        return self.from_dict(self.to_dict(), **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConvNextConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
+
+
+class ConvNextV2Config(ConvNextConfig):
+    """ConvNeXt V2: GRN in every block and no layer scale (HF ``ConvNextV2Config`` fields)."""
+
+    model_type = "convnextv2"
+    uses_grn = True
+
+    def __init__(self, *args: Any, layer_scale_init_value: float = 0.0, **kwargs: Any):
+        if layer_scale_init_value:
+            raise ValueError(
+                f"ConvNeXt V2 has no layer scale (GRN replaces it); layer_scale_init_value must be 0, got {layer_scale_init_value}"
+            )
+        super().__init__(*args, layer_scale_init_value=0.0, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.pop("layer_scale_init_value")
+        return d
+
+
+CONFIG_CLASSES: dict[str, type[ConvNextConfig]] = {"convnext": ConvNextConfig, "convnextv2": ConvNextV2Config}
+
+
+def config_from_preset_name(name: str, **overrides: Any) -> ConvNextConfig:
+    """``convnext_tiny`` / ``convnextv2_atto`` (also ``convnext-tiny``) -> config."""
+    key = name.strip().lower().replace("-", "_")
+    version, _, size = key.partition("_")
+    if version not in CONFIG_CLASSES or size not in PRESETS[version]:
+        raise ValueError(f"unknown preset {name!r}; expected one of {list_presets()}")
+    return CONFIG_CLASSES[version].from_preset(size, **overrides)

@@ -1,0 +1,316 @@
+"""The one ConvNeXt V1/V2 model definition.
+
+Parameter names are the official checkpoint layout (``downsample_layers``, ``stages``,
+``norm{i}`` output norms, ``norm``/``head`` for classification), so official classification
+and det/seg checkpoints load with no renaming and MMSegmentation's layer-decay rule, which
+keys on these names, works unchanged. Every other layout is converted in ``convert.py``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ConvNextConfig, config_from_preset_name
+
+__all__ = [
+    "BackboneOutput",
+    "ClassifierOutput",
+    "ConvNextBackbone",
+    "ConvNextForImageClassification",
+    "build_backbone",
+    "output_norm_name",
+]
+
+LN_EPS = 1e-6  # every LayerNorm inside ConvNeXt (official, timm, HF) uses 1e-6
+
+
+class BackboneOutput(NamedTuple):
+    feature_maps: tuple[torch.Tensor, ...]
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor
+    pooler_output: torch.Tensor
+
+
+def output_norm_name(stage_index: int) -> str:
+    """Official det/seg names: ``norm{i}`` for stage i+1; the stem's norm is ours."""
+    return "norm_stem" if stage_index == 0 else f"norm{stage_index - 1}"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of an NCHW tensor; the permutes are free views on channels_last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt V2) on NHWC input; official (1,1,1,C) parameters."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample; identity in eval."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Block(nn.Module):
+    """dwconv 7x7 -> LayerNorm -> Linear 4x -> GELU [-> GRN] -> Linear [-> layer scale] + residual."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 0.0, use_grn: bool = False):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim) if use_grn else None
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value))) if layer_scale_init_value > 0 else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.act(self.pwconv1(self.norm(x)))
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = x * self.gamma
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+class _ConvNextTrunk(nn.Module):
+    """Stem, downsampling layers and stages shared by the backbone and the classifier."""
+
+    config: ConvNextConfig
+
+    def __init__(self, config: ConvNextConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_sizes
+        self.downsample_layers = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], config.patch_size, config.patch_size), LayerNorm2d(h[0], eps=LN_EPS))]
+            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), nn.Conv2d(h[i - 1], h[i], 2, 2)) for i in range(1, config.num_stages)]
+        )
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        self.stages = nn.ModuleList()
+        start = 0
+        for i, depth in enumerate(config.depths):
+            self.stages.append(nn.Sequential(*[
+                Block(h[i], rates[start + j], config.layer_scale_init_value, config.uses_grn) for j in range(depth)
+            ]))
+            start += depth
+        self.gradient_checkpointing = config.gradient_checkpointing
+
+    # -- init, as the official code: truncated normal for conv/linear, zero bias ------------
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_weights)
+
+    # -- input checks -------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor, needed_stride: int) -> None:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.jit.is_scripting():
+            return
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"pixel_values must be a torch.Tensor of shape (N, {self.config.num_channels}, H, W), got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"pixel_values must be 4-D (N, {self.config.num_channels}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {x.shape[1]} channels but the model expects num_channels={self.config.num_channels} "
+                f"(shape (N, {self.config.num_channels}, H, W)); got {tuple(x.shape)}"
+            )
+        if x.shape[2] < needed_stride or x.shape[3] < needed_stride:
+            raise ValueError(
+                f"image of size {tuple(x.shape[2:])} is smaller than the total stride {needed_stride} of the requested "
+                f"outputs; height and width must be >= {needed_stride}"
+            )
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.stages[i]:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.stages[i](x)
+
+    def forward_trunk(self, x: torch.Tensor, last_index: int) -> list[torch.Tensor]:
+        """Hidden states [stem, stage1, ...] up to ``last_index``; deeper stages are skipped."""
+        stride = self.config.strides[last_index]
+        self._check_input(x, stride)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.downsample_layers[0](x)
+        hidden = [x]
+        for i in range(last_index):
+            if i > 0:
+                x = self.downsample_layers[i](x)
+            x = self._run_stage(i, x)
+            hidden.append(x)
+        return hidden
+
+    def set_gradient_checkpointing(self, enable: bool = True) -> None:
+        self.gradient_checkpointing = enable
+        self.config.gradient_checkpointing = enable
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (official layout) atomically."""
+        from .convert import save_pretrained
+
+        return save_pretrained(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, strict: bool = True, **config_overrides: Any):
+        """Load any supported checkpoint format (file, directory or hub name), converting as needed."""
+        from .convert import from_pretrained
+
+        return from_pretrained(cls, path, strict=strict, **config_overrides)
+
+    @classmethod
+    def from_preset(cls, name: str, **config_overrides: Any):
+        return cls(config_from_preset_name(name, **config_overrides))
+
+
+class ConvNextBackbone(_ConvNextTrunk):
+    """Multi-scale ConvNeXt backbone with the HF backbone contract.
+
+    ``stage_names`` = ``("stem", "stage1", ...)``; ``out_features``/``out_indices`` select what
+    ``forward`` returns, in that order, each through its own output LayerNorm unless
+    ``config.norm_outputs`` is False.
+    """
+
+    def __init__(self, config: ConvNextConfig):
+        super().__init__(config)
+        if config.norm_outputs:
+            for idx in config.out_indices:
+                self.add_module(output_norm_name(idx), LayerNorm2d(config.channels_per_stage[idx], eps=LN_EPS))
+        self.init_weights()
+        self._freeze_stages()
+
+    # -- the HF backbone contract -------------------------------------------------------------
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.config.stage_names)
+
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.config.channels_per_stage[i] for i in self.out_indices]
+
+    @property
+    def strides(self) -> list[int]:
+        return [self.config.strides[i] for i in self.out_indices]
+
+    @property
+    def num_features(self) -> list[int]:
+        return self.config.channels_per_stage
+
+    def output_norms(self) -> dict[str, nn.Module]:
+        return {self.stage_names[i]: getattr(self, output_norm_name(i)) for i in self.out_indices if self.config.norm_outputs}
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> BackboneOutput:
+        last = self.config.num_stages if output_hidden_states else max(self.out_indices)
+        hidden = self.forward_trunk(pixel_values, last)
+        maps = []
+        for idx in self.out_indices:
+            x = hidden[idx]
+            if self.config.norm_outputs:
+                x = getattr(self, output_norm_name(idx))(x)
+            maps.append(x)
+        return BackboneOutput(tuple(maps), tuple(hidden) if output_hidden_states else None)
+
+    def forward_dict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{out_feature: map}``, what Detectron2 and export consume."""
+        return dict(zip(self.out_features, self.forward(pixel_values).feature_maps))
+
+    # -- training knobs -----------------------------------------------------------------------
+    def _frozen_modules(self) -> list[nn.Module]:
+        k = self.config.frozen_stages
+        if k < 0:
+            return []
+        mods: list[nn.Module] = [self.downsample_layers[0]]
+        for i in range(k):
+            if i > 0:
+                mods.append(self.downsample_layers[i])
+            mods.append(self.stages[i])
+        return mods
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()  # frozen stages keep norms in eval and drop no paths
+        return self
+
+
+class ConvNextForImageClassification(_ConvNextTrunk):
+    """Global average pool -> LayerNorm -> Linear, as the official classifier (``norm``, ``head``)."""
+
+    def __init__(self, config: ConvNextConfig):
+        super().__init__(config)
+        self.norm = nn.LayerNorm(config.hidden_sizes[-1], eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.hidden_sizes[-1], config.num_labels)
+        self.init_weights()
+
+    def forward(self, pixel_values: torch.Tensor) -> ClassifierOutput:
+        x = self.forward_trunk(pixel_values, self.config.num_stages)[-1]
+        pooled = self.norm(x.mean(dim=(-2, -1)))
+        return ClassifierOutput(self.head(pooled), pooled)
+
+
+def build_backbone(name: str, **config_overrides: Any) -> ConvNextBackbone:
+    """``build_backbone("convnextv2_tiny", out_indices=[1, 2, 3, 4], drop_path_rate=0.2)``."""
+    return ConvNextBackbone(config_from_preset_name(name, **config_overrides))
