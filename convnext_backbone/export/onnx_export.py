@@ -1,0 +1,171 @@
+"""``convnext-backbone export-onnx``: the backbone as an ONNX graph (and optionally a ``torch.export`` program).
+
+Input ``pixel_values`` (N, 3, H, W) float32 with dynamic N/H/W (H, W >= 32); one named output
+per feature level, in ``--features`` order. Uses torch's TorchScript-based exporter
+(``dynamo=False``): the newer exporter needs ``onnxscript``, which this project does not depend
+on, and the TorchScript one handles this all-convolution graph with dynamic axes exactly.
+The file is checked with ``onnx.checker`` and, unless ``--no-verify``, run in onnxruntime at
+two input sizes and compared level by level with PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..config import list_presets
+from ..model import ConvNextBackbone
+from .features import DEFAULT_FEATURES, load_model
+
+__all__ = ["add_arguments", "export_onnx", "export_program", "run", "verify_onnx"]
+
+DEFAULT_VERIFY_SHAPES = ((1, 3, 224, 224), (2, 3, 160, 288))
+
+
+class _FeatureTuple(nn.Module):
+    """Exporters want tensors or tuples out, not a NamedTuple of tuples."""
+
+    def __init__(self, backbone: ConvNextBackbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone(pixel_values).feature_maps)
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed here; install the export extra: pip install 'convnext-backbone[export]'") from e
+
+
+def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write ``model`` as ONNX to ``path`` (atomically) with dynamic batch/height/width."""
+    onnx = _require("onnx")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(model.out_features)
+    dynamic = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
+    wrapper = _FeatureTuple(model).eval()
+    sample = torch.randn(2, model.config.num_channels, 224, 224)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            torch.onnx.export(
+                wrapper, (sample,), tmp, dynamo=False, input_names=["pixel_values"], output_names=names,
+                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+            )
+        proto = onnx.load(tmp)
+        meta = {
+            "features": json.dumps(names), "strides": json.dumps(list(model.strides)),
+            "channels": json.dumps(list(model.channels)), "config": json.dumps(model.config.to_dict()),
+            "input": "pixel_values: (N, 3, H, W) float32, RGB normalised with ImageNet mean/std; H, W >= 32",
+        }
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def verify_onnx(
+    model: ConvNextBackbone, path: str | os.PathLike, shapes: Sequence[Sequence[int]] = DEFAULT_VERIFY_SHAPES, seed: int = 0
+) -> list[dict[str, float]]:
+    """Run the file in onnxruntime (CPU) at each shape; -> per shape ``{feature: max |onnx - torch|}``."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    if names != list(model.out_features):
+        raise ValueError(f"{path}: outputs {names} != the model's out_features {list(model.out_features)}")
+    gen = torch.Generator().manual_seed(seed)
+    diffs = []
+    model = model.eval()
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.inference_mode():
+            ref = model(x.to(next(model.parameters()).device)).feature_maps
+        got = session.run(None, {"pixel_values": x.numpy()})
+        row = {}
+        for n, r, g in zip(names, ref, got):
+            if tuple(r.shape) != tuple(g.shape):
+                raise ValueError(f"{path}: {n} has shape {tuple(g.shape)} in onnxruntime, {tuple(r.shape)} in PyTorch at input {tuple(shape)}")
+            row[n] = float((r.float().cpu() - torch.from_numpy(g)).abs().max())
+        diffs.append(row)
+    return diffs
+
+
+def export_program(model: ConvNextBackbone, path: str | os.PathLike) -> Path:
+    """``torch.export`` program (``.pt2``) with dynamic batch/height/width; load with ``torch.export.load``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dyn = torch.export.Dim.DYNAMIC
+    sample = torch.randn(2, model.config.num_channels, 224, 224)
+    program = torch.export.export(_FeatureTuple(model).eval(), (sample,), dynamic_shapes={"pixel_values": {0: dyn, 2: dyn, 3: dyn}})
+    x = torch.randn(1, model.config.num_channels, 160, 288)  # another batch and size than the sample
+    with torch.inference_mode():
+        worst = max(float((a - b).abs().max()) for a, b in zip(program.module()(x), model(x).feature_maps))
+    if worst > 1e-4:
+        raise RuntimeError(f"torch.export program differs from the model by {worst:.2e} at {tuple(x.shape)}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.pt2")  # save wants .pt2
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Export the backbone to ONNX: input pixel_values (N,3,H,W) with dynamic N/H/W, one named output per "
+        "feature level. The file is run in onnxruntime at two input sizes and compared with PyTorch."
+    )
+    p.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
+    p.add_argument("--preset", metavar="NAME", help=f"architecture ({', '.join(list_presets())}); "
+                   "without --weights the weights are random (seeded): for testing only")
+    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
+                   help="comma-separated levels among stem,stage1,...,stage4, or 'all' (default: %(default)s)")
+    p.add_argument("--no-output-norm", action="store_true", help="raw stage outputs, without the output LayerNorms")
+    p.add_argument("--out", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s; >= 17 has LayerNormalization)")
+    p.add_argument("--torch-export", metavar="FILE.pt2", help="also write a torch.export program with dynamic N/H/W")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch comparison")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when only --preset is given")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.preset, args.weights, args.features, norm_outputs=not args.no_output_norm, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"convnext-backbone export-onnx: error: {e}", file=sys.stderr)
+        return 2
+    path = export_onnx(model, args.out, opset=args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): outputs {', '.join(model.out_features)}")
+    status = 0
+    if not args.no_verify:
+        for shape, row in zip(DEFAULT_VERIFY_SHAPES, verify_onnx(model, path)):
+            worst = max(row.values())
+            verdict = "ok" if worst <= args.atol else f"FAILED (> {args.atol:g})"
+            print(f"onnxruntime vs PyTorch at {tuple(shape)}: max |diff| {worst:.2e} {verdict}  "
+                  + " ".join(f"{k}={v:.1e}" for k, v in row.items()))
+            status = status or int(worst > args.atol)
+    if args.torch_export:
+        print(f"wrote {export_program(model, args.torch_export)} (torch.export program; torch.export.load to run)")
+    return status

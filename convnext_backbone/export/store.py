@@ -1,0 +1,269 @@
+"""On-disk layout of a feature export, atomic writes, the manifest and ``--verify``.
+
+``OUT/`` holds::
+
+    export_config.json     settings + model fingerprint; a re-run with other settings is refused
+    features/<rel>.<fmt>   one file per image, mirroring the input tree (<rel> keeps the extension)
+    manifest.jsonl         one JSON line per input image, sorted by source, written at the end
+    manifest.parts/        per-run, per-rank lines appended (and flushed) as files complete;
+                           merged into manifest.jsonl and removed when a run finishes
+    .partial/              temp files; a file is renamed into features/ only once complete
+
+Why: a file in ``features/`` is either complete or absent (temp file + fsync + ``os.replace``),
+and its manifest line is written only after the rename, so a killed run can always be resumed
+by re-running it, and ``verify`` can tell a finished export from an interrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CONFIG_NAME", "FEATURES_DIR", "FORMATS", "MANIFEST_NAME", "PARTS_DIR", "PARTIAL_DIR",
+    "ManifestPart", "atomic_write", "describe_file", "load_features", "merge_manifest", "read_manifest",
+    "serialize", "sha256_file", "verify_export",
+]
+
+CONFIG_NAME = "export_config.json"
+MANIFEST_NAME = "manifest.jsonl"
+PARTS_DIR = "manifest.parts"
+FEATURES_DIR = "features"
+PARTIAL_DIR = ".partial"
+FORMATS = {"safetensors": ".safetensors", "npz": ".npz"}
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+# -- files ------------------------------------------------------------------------------------
+def serialize(tensors: dict[str, torch.Tensor], fmt: str, metadata: dict[str, str] | None = None) -> bytes:
+    """Bytes of one feature file (``safetensors``, or ``npz`` which cannot hold bfloat16)."""
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    if fmt == "npz":
+        if any(v.dtype == torch.bfloat16 for v in tensors.values()):
+            raise ValueError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v.numpy() for k, v in tensors.items()})
+        return buf.getvalue()
+    raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+
+
+def load_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read one exported feature file back as ``{feature: (C, H, W) tensor}``."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            return {k: torch.from_numpy(z[k]) for k in z.files}
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def describe_file(path: Path) -> dict[str, dict[str, Any]]:
+    """``{feature: {"shape", "dtype"}}`` from the file's header (raises ValueError if unreadable)."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                return {k: {"shape": list(z[k].shape), "dtype": str(z[k].dtype)} for k in z.files}
+        except Exception as e:  # zipfile/numpy raise many types for damaged files
+            raise ValueError(f"unreadable npz ({type(e).__name__}: {e})") from e
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("file shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"implausible safetensors header length {n}")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"damaged safetensors header ({e})") from e
+    header.pop("__metadata__", None)
+    return {k: {"shape": list(v["shape"]), "dtype": _ST_DTYPES.get(v["dtype"], v["dtype"])} for k, v in header.items()}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write to a temp file in ``tmp_dir`` (same file system), fsync, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=path.name[:64] + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"), path.parent)
+
+
+# -- manifest ---------------------------------------------------------------------------------
+class ManifestPart:
+    """One run's, one rank's manifest lines: appended and flushed as each file completes."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Records of a JSON-lines file; None for a line that does not parse (a kill mid-write)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                yield None
+                continue
+            yield rec if isinstance(rec, dict) and "source" in rec else None
+
+
+def _manifest_files(out_dir: Path) -> list[Path]:
+    files = [out_dir / MANIFEST_NAME] if (out_dir / MANIFEST_NAME).is_file() else []
+    parts = out_dir / PARTS_DIR
+    # part names start with a zero-padded time stamp: sorted = chronological, later lines win
+    return files + (sorted(parts.glob("*.jsonl")) if parts.is_dir() else [])
+
+
+def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{source: latest record}`` over the merged manifest and any unmerged parts."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in _manifest_files(out_dir):
+        for rec in _jsonl(path):
+            if rec is not None:
+                records[rec["source"]] = rec
+    return records
+
+
+def merge_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Fold the parts into ``manifest.jsonl`` (one line per source, sorted), then drop the parts.
+
+    The new manifest replaces the old atomically before any part is removed, so a crash here
+    loses nothing: the next run reads both again.
+    """
+    files = _manifest_files(out_dir)
+    records = read_manifest(out_dir)
+    text = "".join(json.dumps(records[s]) + "\n" for s in sorted(records))
+    atomic_write_text(out_dir / MANIFEST_NAME, text)
+    for f in files:
+        if f.parent.name == PARTS_DIR:
+            f.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
+    return records
+
+
+def output_is_valid(out_dir: Path, record: dict[str, Any], check: str = "checksum") -> bool:
+    """A recorded output counts as done if it exists with the recorded size (and sha256)."""
+    if record.get("status") != "ok" or not record.get("output"):
+        return False
+    path = out_dir / record["output"]
+    try:
+        if path.stat().st_size != record.get("bytes"):
+            return False
+    except OSError:
+        return False
+    return check != "checksum" or sha256_file(path) == record.get("sha256")
+
+
+# -- verify -----------------------------------------------------------------------------------
+def _check_record(out_dir: Path, rec: dict[str, Any]) -> str | None:
+    path = out_dir / rec["output"]
+    if not path.is_file():
+        return "missing file"
+    size = path.stat().st_size
+    if size != rec.get("bytes"):
+        return f"size {size} bytes, manifest says {rec.get('bytes')}"
+    if sha256_file(path) != rec.get("sha256"):
+        return "sha256 mismatch (file content changed or damaged)"
+    try:
+        found = describe_file(path)
+    except ValueError as e:
+        return str(e)
+    want = {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in rec.get("features", {}).items()}
+    if found != want:
+        return f"features in file {found} differ from manifest {want}"
+    return None
+
+
+def verify_export(out_dir: str | os.PathLike, threads: int = 4, progress: bool = True) -> tuple[list[str], dict[str, int]]:
+    """Recompute every checksum and check shapes; -> (problems naming files, counts)."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    problems: list[str] = []
+    if not (out_dir / MANIFEST_NAME).is_file() and not (out_dir / PARTS_DIR).is_dir():
+        return [f"{out_dir}: no {MANIFEST_NAME}; not a feature export directory"], {}
+    if (out_dir / PARTS_DIR).is_dir() and any((out_dir / PARTS_DIR).glob("*.jsonl")):
+        problems.append(
+            f"{out_dir / PARTS_DIR}: unmerged manifest parts; the export was interrupted -- re-run the same export command to finish it"
+        )
+    seen: dict[str, int] = {}
+    bad_lines = 0
+    for path in _manifest_files(out_dir):
+        if path.parent.name == PARTS_DIR:
+            continue
+        for rec in _jsonl(path):
+            if rec is None:
+                bad_lines += 1
+            else:
+                seen[rec["source"]] = seen.get(rec["source"], 0) + 1
+    if bad_lines:
+        problems.append(f"{out_dir / MANIFEST_NAME}: {bad_lines} line(s) are not valid JSON records")
+    problems += [f"{src}: listed {n} times in {MANIFEST_NAME}" for src, n in sorted(seen.items()) if n > 1]
+    records = read_manifest(out_dir)
+    ok = [r for r in records.values() if r.get("status") == "ok"]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = pool.map(lambda r: (r, _check_record(out_dir, r)), ok)
+        for rec, why in tqdm(results, total=len(ok), desc="verify", unit="file", disable=not progress):
+            if why:
+                problems.append(f"{out_dir / rec['output']}: {why} (source {rec['source']})")
+    referenced = {str(Path(r["output"])) for r in ok}
+    feat_dir = out_dir / FEATURES_DIR
+    orphans = sorted(
+        p for p in (feat_dir.rglob("*") if feat_dir.is_dir() else [])
+        if p.is_file() and str(p.relative_to(out_dir)) not in referenced
+    )
+    problems += [f"{p}: not in the manifest (left by an interrupted run?)" for p in orphans]
+    counts = {
+        "ok": len(ok), "error": sum(r.get("status") == "error" for r in records.values()), "problems": len(problems),
+    }
+    return problems, counts

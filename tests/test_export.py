@@ -1,0 +1,291 @@
+"""Feature export: CLI + API on a generated folder (every image mode, a corrupt and a truncated
+file), kill-and-resume, a 2-process torchrun run, and --verify. Real files, real subprocesses."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvF
+
+from convnext_backbone import ConvNextBackbone, ConvNextImageProcessor, ConvNextV2Config
+from convnext_backbone.cli import main as cli
+from convnext_backbone.export import extract_features, load_features
+from convnext_backbone.processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from helpers import max_abs_diff, randomize_
+
+ALL = ["stem", "stage1", "stage2", "stage3", "stage4"]
+SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _picture(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth gradients plus noise: structure for the model to see, deterministic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h) + 64], -1)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """atto with every parameter randomised (GRN, norms...), saved in the official layout."""
+    model = randomize_(ConvNextBackbone(ConvNextV2Config.from_preset("atto", out_features=ALL)), seed=3)
+    return model.save_pretrained(tmp_path_factory.mktemp("weights") / "atto")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray | None]]:
+    """Mixed sizes and modes; -> (dir, {relative path: the RGB array it must become, None = must fail})."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    expect: dict[str, np.ndarray | None] = {}
+    a = _picture(60, 90, 0)
+    Image.fromarray(a).save(root / "a.jpg", quality=95)
+    expect["a.jpg"] = np.array(Image.open(root / "a.jpg").convert("RGB"))
+    g = _picture(100, 50, 1)[..., 0]
+    Image.fromarray(g, "L").save(root / "gray.png")
+    expect["gray.png"] = np.repeat(g[..., None], 3, -1)
+    rgba = np.concatenate([_picture(70, 70, 2), np.linspace(0, 255, 70 * 70).reshape(70, 70, 1).astype(np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(root / "sub" / "rgba.png")
+    expect["sub/rgba.png"] = rgba[..., :3]  # alpha dropped
+    Image.fromarray(_picture(40, 120, 3)).convert("P").save(root / "sub" / "pal.png")
+    expect["sub/pal.png"] = np.array(Image.open(root / "sub" / "pal.png").convert("RGB"))
+    g16 = _picture(80, 64, 4)[..., 1]
+    Image.fromarray(g16.astype(np.uint16) * 257).save(root / "i16.png")  # 16-bit: v * 257 / 65535 * 255 == v
+    assert Image.open(root / "i16.png").mode == "I;16"
+    expect["i16.png"] = np.repeat(g16[..., None], 3, -1)
+    (root / "corrupt.jpg").write_bytes(np.random.default_rng(5).bytes(700))
+    expect["corrupt.jpg"] = None
+    buf = io.BytesIO()
+    Image.fromarray(_picture(120, 160, 6)).save(buf, format="PNG")
+    (root / "trunc.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    expect["trunc.png"] = None
+    (root / "notes.txt").write_text("not an image: ignored when scanning a folder\n")
+    return root, expect
+
+
+def letterbox_ref(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """The letterbox spec, written out independently of the package."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)
+    h, w = x.shape[-2:]
+    s = size / max(h, w)
+    rh, rw = round(h * s), round(w * s)
+    if (rh, rw) != (h, w):
+        x = tvF.resize(x, [rh, rw], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    x = (x.float() / 255 - torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]) / torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None]
+    out = torch.zeros(3, size, size)
+    out[:, :rh, :rw] = x
+    return out
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def export_args(weights: Path, src, out: Path, *extra: str) -> list[str]:
+    return ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", str(SIZE),
+            "--features", "all", "--batch-size", "3", "--workers", "2", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def exported(weights, folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "letterbox"
+    assert cli(export_args(weights, folder[0], out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "processor"])
+def test_export_matches_direct_forward(resize, weights, folder, exported, tmp_path):
+    root, expect = folder
+    if resize == "letterbox":
+        out = exported
+    else:
+        out = tmp_path / "out"
+        assert cli(export_args(weights, root, out, "--resize", "processor")) == 0
+    records = manifest(out)
+    # every input exactly once, the text file not at all, the right status
+    assert sorted(r["source"] for r in records) == sorted(str(root / k) for k in expect)
+    status = {Path(r["source"]).relative_to(root).as_posix(): r for r in records}
+    assert {k for k, r in status.items() if r["status"] == "error"} == {"corrupt.jpg", "trunc.png"}
+    assert "cannot identify" in status["corrupt.jpg"]["error"] and "truncated" in status["trunc.png"]["error"]
+    assert not (out / "manifest.parts").exists() and not (out / ".partial").exists()
+
+    model = ConvNextBackbone.from_pretrained(weights, out_features=ALL).eval()
+    processor = ConvNextImageProcessor(size={"shortest_edge": SIZE}, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+    for rel, rgb in expect.items():
+        if rgb is None:
+            continue
+        rec = status[rel]
+        path = out / rec["output"]
+        assert rec["output"] == f"features/{rel}.safetensors"
+        import hashlib
+
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]
+        got = load_features(path)
+        x = letterbox_ref(rgb, SIZE) if resize == "letterbox" else processor(Image.fromarray(rgb))["pixel_values"][0]
+        with torch.inference_mode():
+            want = model.forward_dict(x[None])
+        assert list(got) == ALL or sorted(got) == sorted(ALL)
+        for name in ALL:
+            meta = rec["features"][name]
+            assert meta["shape"] == list(got[name].shape) == list(want[name].shape[1:])
+            assert meta["dtype"] == "float32" and meta["stride"] == {"stem": 4, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}[name]
+            assert max_abs_diff(got[name], want[name][0]) < 1e-4, (rel, name)
+        if resize == "letterbox":
+            h, w = rgb.shape[:2]
+            g = rec["geometry"]
+            assert g["image_hw"] == [h, w] and max(g["resized_hw"]) == SIZE
+            assert g["pad_tlbr"] == [0, 0, SIZE - g["resized_hw"][0], SIZE - g["resized_hw"][1]]
+
+
+def test_extract_features_api(weights, folder):
+    root, expect = folder
+    model = ConvNextBackbone.from_pretrained(weights, out_features=["stage2", "stage4"])
+    model.train()
+    names = ["gray.png", "sub/rgba.png", "i16.png"]
+    feats = extract_features(model, [root / n for n in names], size=SIZE, batch_size=2)
+    assert model.training  # mode restored
+    x = torch.stack([letterbox_ref(expect[n], SIZE) for n in names])
+    with torch.inference_mode():
+        want = model.eval().forward_dict(x)
+    assert list(feats) == ["stage2", "stage4"] and feats["stage2"].shape == (3, 80, SIZE // 8, SIZE // 8)
+    assert max_abs_diff([feats["stage2"], feats["stage4"]], [want["stage2"], want["stage4"]]) < 1e-4
+    # PIL and preprocessed-tensor inputs, one level, half storage
+    one = extract_features(model, Image.fromarray(expect["gray.png"]), "stage4", size=SIZE, dtype="bfloat16")
+    assert one["stage4"].dtype == torch.bfloat16 and max_abs_diff(one["stage4"], want["stage4"][:1]) < 0.05
+    assert max_abs_diff(extract_features(model, x)["stage4"], want["stage4"]) < 1e-4
+    with pytest.raises(ValueError, match=r"not outputs of this model \(out_features=\['stage2', 'stage4'\]\)"):
+        extract_features(model, x, ["stage1"])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        extract_features(model, [root / "gray.png"], size=50)
+
+
+def test_npz_float16_and_verify(weights, folder, exported, tmp_path):
+    out = tmp_path / "npz"
+    assert cli(export_args(weights, folder[0], out, "--format", "npz", "--dtype", "float16")) == 0
+    ok = [r for r in manifest(out) if r["status"] == "ok"]
+    assert len(ok) == 5 and all(r["output"].endswith(".npz") for r in ok)
+    for r in ok:
+        ref = load_features(exported / r["output"].replace(".npz", ".safetensors"))
+        got = load_features(out / r["output"])
+        assert all(got[k].dtype == torch.float16 and r["features"][k]["dtype"] == "float16" for k in ALL)
+        assert max_abs_diff([got[k] for k in ALL], [ref[k] for k in ALL]) < 2e-2
+    assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
+
+
+def test_verify_catches_flipped_byte_missing_and_unlisted(exported, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(exported, out)
+    assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
+    victim = out / "features" / "sub" / "pal.png.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[len(data) - 100] ^= 0x01  # one bit in the tensor data
+    victim.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli(["export", "--verify", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"BAD {victim}: sha256 mismatch" in err and err.count("BAD ") == 1
+    (out / "features" / "gray.png.safetensors").unlink()
+    shutil.copy(out / "features" / "a.jpg.safetensors", out / "features" / "extra.safetensors")
+    assert cli(["export", "--verify", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "gray.png.safetensors: missing file" in err and "extra.safetensors: not in the manifest" in err
+    assert cli(["export", "--verify", str(tmp_path), "--no-progress"]) == 1  # not an export dir
+
+
+def test_bad_arguments_are_reported(weights, folder, exported, tmp_path, capsys):
+    root = folder[0]
+    cases = [
+        (export_args(weights, root, exported)[:-1] + ["--size", "96", "--no-progress"], "other settings (preprocess"),
+        (export_args(weights, root, tmp_path / "a", "--format", "npz", "--dtype", "bfloat16"), "npz (numpy) has no bfloat16"),
+        (export_args(weights, root, tmp_path / "b")[:-1] + ["--features", "stage9", "--no-progress"], "stage9"),
+        (export_args(weights, tmp_path / "nowhere", tmp_path / "c"), "no such directory"),
+        (["export", "--weights", str(weights), "--out", str(tmp_path / "d")], "--input is required"),
+        (export_args(weights, root, tmp_path / "e", "--size", "100"), "multiple of 32"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli(argv) == 2, argv
+        assert message in capsys.readouterr().err, (argv, message)
+
+
+# -- kill -9 mid-run, then resume --------------------------------------------------------------
+def _many_images(root: Path, n: int) -> None:
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(_picture(96 + (i % 3) * 16, 128, 100 + i)).save(root / f"img{i:03d}.png")
+
+
+def test_kill_mid_run_then_resume(weights, tmp_path):
+    src, out, n = tmp_path / "many", tmp_path / "out", 48
+    _many_images(src, n)
+    argv = ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", "256",
+            "--features", "stage1,stage3", "--batch-size", "1", "--workers", "1", "--writer-threads", "1", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "convnext_backbone.cli", *argv], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    feats = out / "features"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(feats.glob("*.safetensors"))) < 4:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the export ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the main process and its DataLoader worker
+    proc.wait()
+    proc.stderr.close()
+    before = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.safetensors")}
+    assert 4 <= len(before) < n and not (out / "manifest.jsonl").exists()
+    for p in feats.glob("*.safetensors"):  # atomic: whatever is there is complete
+        assert set(load_features(p)) == {"stage1", "stage3"}
+    recorded = [json.loads(line) for part in (out / "manifest.parts").glob("*.jsonl")
+                for line in part.read_text().splitlines() if line.endswith("}")]
+    assert recorded, "no manifest line was flushed before the kill"
+
+    assert cli(argv) == 0
+    records = manifest(out)
+    assert sorted(r["source"] for r in records) == sorted(str(p) for p in src.glob("*.png"))
+    assert all(r["status"] == "ok" for r in records)
+    for r in recorded:  # recorded before the kill -> skipped, not rewritten
+        name = Path(r["output"]).name
+        assert (feats / name).stat().st_mtime_ns == before[name]
+    assert sorted(p.name for p in feats.iterdir()) == sorted(f"{p.name}.safetensors" for p in src.glob("*.png"))
+    assert not (out / "manifest.parts").exists() and not (out / ".partial").exists()
+    assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
+    model = ConvNextBackbone.from_pretrained(weights, out_features=["stage1", "stage3"])
+    paths = sorted(src.glob("*.png"))
+    want = extract_features(model, paths, size=256, batch_size=8)
+    for i, p in enumerate(paths):
+        got = load_features(feats / f"{p.name}.safetensors")
+        assert max_abs_diff([got["stage1"], got["stage3"]], [want["stage1"][i], want["stage3"][i]]) < 1e-4, p.name
+
+
+# -- torchrun -----------------------------------------------------------------------------------
+def test_torchrun_two_ranks_equal_single_process(weights, folder, exported, tmp_path):
+    out = tmp_path / "ddp"
+    argv = export_args(weights, folder[0], out)
+    argv[argv.index("--workers") + 1] = "1"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "convnext_backbone.cli", *argv],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    single, multi = manifest(exported), manifest(out)
+    assert {r["rank"] for r in multi} == {0, 1}
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
+    assert strip(multi) == strip(single)
+    assert "export: 7 images: 5 written, 0 already done, 2 failed" in run.stderr
+    for r in (r for r in single if r["status"] == "ok"):
+        a, b = load_features(exported / r["output"]), load_features(out / r["output"])
+        assert max_abs_diff([a[k] for k in ALL], [b[k] for k in ALL]) < 1e-5, r["output"]
