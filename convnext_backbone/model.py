@@ -125,7 +125,7 @@ class _ConvNextTrunk(nn.Module):
             [nn.Sequential(nn.Conv2d(config.num_channels, h[0], config.patch_size, config.patch_size), LayerNorm2d(h[0], eps=LN_EPS))]
             + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), nn.Conv2d(h[i - 1], h[i], 2, 2)) for i in range(1, config.num_stages)]
         )
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()  # cpu: works under torch.device("meta")
         self.stages = nn.ModuleList()
         start = 0
         for i, depth in enumerate(config.depths):
