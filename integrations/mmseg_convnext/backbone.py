@@ -1,0 +1,263 @@
+"""The core ConvNeXt V1/V2 backbone, registered in MMSegmentation's ``MODELS`` as ``MMSegConvNeXt``.
+
+Usage in an MMSegmentation config::
+
+    custom_imports = dict(imports=['mmseg_convnext'], allow_failed_imports=False)
+    model = dict(backbone=dict(
+        type='MMSegConvNeXt', arch='convnextv2_tiny', out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.4, init_cfg=dict(type='Pretrained', checkpoint='/path/to/any/convnext/checkpoint')))
+
+Why the class looks the way it does:
+
+- It *is* the core ``ConvNextBackbone`` (subclass, no second model definition), so parameter
+  names are ``backbone.downsample_layers.*`` / ``backbone.stages.*`` inside a segmentor and the
+  class name contains ``ConvNeXt``: MMSegmentation's ``LearningRateDecayOptimizerConstructor``
+  keys on exactly these two things and works unchanged.
+- The registry name ``MMSegConvNeXt`` cannot clash with mmpretrain's ``mmpretrain.ConvNeXt``,
+  which MMSegmentation's own ConvNeXt configs use.
+- ``out_indices`` follow the MMSegmentation / mmpretrain / official det-seg convention,
+  ``0..3`` = stage1..stage4 (strides 4, 8, 16, 32). The core uses Hugging Face indices where
+  ``0`` is the stem, so index ``i`` here is HF index ``i + 1``. HF names are accepted too, via
+  ``out_features=['stage1', ...]`` (which may include ``'stem'``).
+- ``frozen_stages`` uses the MMSegmentation ResNet convention, the same as the core: ``-1``
+  trains everything, ``0`` freezes the stem, ``k`` freezes the stem and stages 1..k.
+- ``init_cfg=dict(type='Pretrained', checkpoint=...)`` goes through the core converter, so any
+  format it reads loads (official classification / det-seg / FCMAE, HF, timm, mmpretrain,
+  Detectron2 ``.pkl``, ``save_pretrained`` directories, MMSeg segmentor checkpoints), always
+  with ``torch.load(weights_only=True)``, strictly by default, and the load report is logged.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import initialize
+from mmseg.registry import MODELS
+
+from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
+from convnext_backbone.config import CONFIG_CLASSES, PRESETS, list_presets
+from convnext_backbone.convert import read_checkpoint
+from convnext_backbone.hub import resolve_pretrained
+
+__all__ = ["MMSegConvNeXt", "resolve_arch"]
+
+# Sizes that exist in one version only pick that version when ``version`` is not given;
+# tiny/base/large exist in both and mean V1 then (as mmpretrain's and the official ``arch``).
+_VERSIONS = {"v1": "convnext", "v2": "convnextv2", "convnext": "convnext", "convnextv2": "convnextv2"}
+
+
+def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``arch`` (+ ``version``) -> (core model_type, dict(depths=..., hidden_sizes=...)).
+
+    Accepted: a core preset name (``'convnext_tiny'``, ``'convnextv2_atto'``), a size name
+    (``'tiny'``; ``version='v1'|'v2'``), or a dict with ``depths`` and ``dims`` (official name)
+    or ``hidden_sizes`` (HF name).
+    """
+    if version is not None and str(version).lower() not in _VERSIONS:
+        raise ValueError(f"version must be one of 'v1', 'v2' (or None to infer it from arch), got {version!r}")
+    model_type = _VERSIONS[str(version).lower()] if version is not None else None
+    if isinstance(arch, dict):
+        arch = dict(arch)
+        depths = arch.pop("depths", None)
+        dims = arch.pop("dims", None)
+        hidden = arch.pop("hidden_sizes", None)
+        if dims is not None and hidden is not None and list(dims) != list(hidden):
+            raise ValueError(f"arch gives both dims={dims} and hidden_sizes={hidden}; give one of them")
+        dims = dims if dims is not None else hidden
+        if arch:
+            raise ValueError(f"arch as a dict takes only 'depths' and 'dims' (or 'hidden_sizes'); unknown keys {sorted(arch)}")
+        if depths is None or dims is None:
+            raise ValueError(
+                "arch as a dict needs both 'depths' and 'dims' (or 'hidden_sizes'), e.g. "
+                f"dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768]); got depths={depths}, dims={dims}"
+            )
+        return model_type or "convnext", {"depths": list(depths), "hidden_sizes": list(dims)}
+    if not isinstance(arch, str):
+        raise ValueError(f"arch must be a preset name such as 'convnext_tiny' / 'convnextv2_atto' or a dict(depths, dims), got {arch!r}")
+    key = arch.strip().lower().replace("-", "_")
+    if "_" in key:
+        prefix, _, size = key.partition("_")
+        if prefix not in PRESETS or size not in PRESETS[prefix]:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {list_presets()} or a size name with version='v1'|'v2'")
+        if model_type is not None and model_type != prefix:
+            raise ValueError(f"arch {arch!r} is a {prefix} preset but version={version!r} asks for {model_type}")
+        model_type = prefix
+    else:
+        size = key
+        owners = [t for t in PRESETS if size in PRESETS[t]]
+        if not owners:
+            raise ValueError(
+                f"unknown arch {arch!r}; expected one of {sorted({s for t in PRESETS for s in PRESETS[t]})} "
+                f"(with version='v1'|'v2') or a full preset name from {list_presets()}"
+            )
+        if model_type is None:
+            model_type = "convnext" if "convnext" in owners else owners[0]
+        elif model_type not in owners:
+            raise ValueError(
+                f"arch {arch!r} does not exist in ConvNeXt {'V2' if model_type == 'convnextv2' else 'V1'}; "
+                f"{model_type} sizes are {list(PRESETS[model_type])}"
+            )
+    depths, hidden = PRESETS[model_type][size]
+    return model_type, {"depths": list(depths), "hidden_sizes": list(hidden)}
+
+
+def _out_features_from_indices(out_indices: Sequence[int], num_stages: int) -> list[str]:
+    """MMSeg ``out_indices`` (0 = stage1) -> HF stage names, with errors in MMSeg terms."""
+    allowed = f"ints in 0..{num_stages - 1} (0 = stage1, stride 4 ... {num_stages - 1} = stage{num_stages}, stride {4 * 2 ** (num_stages - 1)}; negatives count from the end)"
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        out_indices = [out_indices]
+    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
+        raise ValueError(f"out_indices must be a list of {allowed}, got {out_indices!r}")
+    raw = list(out_indices)
+    if not raw:
+        raise ValueError(f"out_indices must not be empty; use {allowed}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise ValueError(f"out_indices must be {allowed}, got {raw}")
+    bad = [i for i in raw if not -num_stages <= i < num_stages]
+    if bad:
+        raise ValueError(f"invalid out_indices {bad} in {raw}: ConvNeXt has {num_stages} stages, so out_indices must be {allowed}")
+    norm = [i % num_stages for i in raw]
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"out_indices {raw} contain duplicates; each stage may be returned once ({allowed})")
+    if norm != sorted(norm):
+        raise ValueError(f"out_indices {raw} must be in increasing stage order, e.g. {sorted(norm)}")
+    return [f"stage{i + 1}" for i in norm]
+
+
+@MODELS.register_module()
+class MMSegConvNeXt(ConvNextBackbone, BaseModule):
+    """ConvNeXt V1/V2 backbone for MMSegmentation; ``forward`` returns a tuple of NCHW maps.
+
+    Args:
+        arch: preset name (``'convnext_tiny'``, ``'convnextv2_atto'``), size name with
+            ``version``, or ``dict(depths=[...], dims=[...])``.
+        version: ``'v1'`` or ``'v2'``; only needed with a bare size name that exists in both
+            (tiny/base/large), which otherwise means V1.
+        out_indices: MMSeg convention, 0..3 = stage1..stage4. Default: all four.
+        out_features: HF stage names instead of ``out_indices`` (may include ``'stem'``).
+        drop_path_rate: stochastic depth, linear over all blocks.
+        layer_scale_init_value: V1 layer scale init (the official seg configs use 1.0; the
+            checkpoint overwrites it). ``None`` means the core default. Must be 0/None for V2.
+        frozen_stages: -1 none, 0 stem, k stem + stages 1..k (frozen parts stay in eval mode).
+        norm_outputs: a LayerNorm per returned map (``norm0..3``, official seg names).
+        with_cp: gradient checkpointing per block (saves memory, costs a second forward).
+        channels_last: run NHWC internally (same outputs; faster ConvNeXt blocks).
+        pretrained: deprecated MMSeg spelling of ``init_cfg=dict(type='Pretrained', ...)``.
+        init_cfg: ``dict(type='Pretrained', checkpoint=path_or_url, prefix=None, strict=True)``
+            and/or mmengine initializer configs.
+    """
+
+    def __init__(
+        self,
+        arch: str | dict = "convnext_tiny",
+        version: str | None = None,
+        out_indices: Sequence[int] | None = (0, 1, 2, 3),
+        out_features: Sequence[str] | None = None,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = None,
+        frozen_stages: int = -1,
+        norm_outputs: bool = True,
+        with_cp: bool = False,
+        channels_last: bool = True,
+        in_channels: int = 3,
+        pretrained: str | None = None,
+        init_cfg: dict | list | None = None,
+    ):
+        model_type, shape = resolve_arch(arch, version)
+        num_stages = len(shape["depths"])
+        if out_features is not None:
+            if out_indices is not None and out_indices != (0, 1, 2, 3):
+                names = _out_features_from_indices(out_indices, num_stages)
+                if list(out_features) != names:
+                    raise ValueError(
+                        f"out_features {list(out_features)} and out_indices {list(out_indices)} (= {names}) disagree; give one of them"
+                    )
+            features = list(out_features)
+        else:
+            features = _out_features_from_indices((0, 1, 2, 3) if out_indices is None else out_indices, num_stages)
+        kwargs: dict[str, Any] = dict(
+            shape, num_channels=in_channels, out_features=features, drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages, norm_outputs=norm_outputs, gradient_checkpointing=with_cp,
+            channels_last=channels_last, layer_norm_eps=1e-6,
+        )
+        if layer_scale_init_value is not None:
+            if model_type == "convnextv2" and layer_scale_init_value:
+                raise ValueError(
+                    f"layer_scale_init_value={layer_scale_init_value} is not allowed for ConvNeXt V2 "
+                    "(GRN replaces layer scale); leave it unset or 0"
+                )
+            if model_type == "convnext":
+                kwargs["layer_scale_init_value"] = layer_scale_init_value
+        config = CONFIG_CLASSES[model_type](**kwargs)  # raises ValueError naming the bad field
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError("give either init_cfg or the deprecated pretrained, not both")
+            print_log("MMSegConvNeXt: 'pretrained' is deprecated, use init_cfg=dict(type='Pretrained', checkpoint=...)",
+                      logger="current", level=30)
+            init_cfg = dict(type="Pretrained", checkpoint=pretrained)
+        super().__init__(config)  # core model (its own init) + BaseModule(init_cfg=None)
+        self.arch = arch
+        self.init_cfg = copy.deepcopy(init_cfg)
+        self._mm_ready = True
+
+    # -- MMSegmentation interface ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        """A tuple of maps in ``out_indices`` order, what decode heads and necks index into."""
+        return super().forward(x).feature_maps
+
+    def init_weights(self) -> None:
+        """Apply ``init_cfg``: mmengine initializers first, then ``Pretrained`` through the core loader."""
+        if not getattr(self, "_mm_ready", False):  # called by the core constructor: its own init
+            return super().init_weights()
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg] if self.init_cfg else []
+        pretrained = [c for c in cfgs if c.get("type") == "Pretrained"]
+        others = [c for c in cfgs if c.get("type") != "Pretrained"]
+        if others:
+            initialize(self, others)
+        if len(pretrained) > 1:
+            raise ValueError(f"init_cfg has {len(pretrained)} Pretrained entries; give one")
+        if pretrained:
+            self.load_pretrained(**{k: v for k, v in pretrained[0].items() if k != "type"})
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str, prefix: str | None = None, strict: bool = True,
+                        map_location: Any = None) -> Any:
+        """Load any converted format; ``prefix`` keeps only keys under it (mmengine semantics)."""
+        if not checkpoint:
+            raise ValueError("init_cfg Pretrained needs checkpoint=<path, directory, URL or HF hub id>")
+        path = _local_checkpoint(str(checkpoint))
+        source: Any = path
+        if prefix:
+            state = read_checkpoint(path)[0]
+            source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not source:
+                raise CheckpointError(f"{checkpoint}: no keys start with prefix {prefix!r} (first keys: {list(state)[:5]})")
+        report = load_checkpoint(self, source, strict=strict)
+        print_log(f"MMSegConvNeXt: loaded {checkpoint}: {report.summary()}", logger="current")
+        if report.initialized:
+            print_log(f"MMSegConvNeXt: not in the checkpoint, freshly initialised: {report.initialized}", logger="current")
+        for line in report.errors():
+            print_log(f"MMSegConvNeXt: {line}", logger="current", level=30)
+        self._freeze_stages()
+        return report
+
+
+def _local_checkpoint(checkpoint: str) -> str | Path:
+    """URLs are fetched once into torch's hub cache (as mmengine does); paths and HF hub ids via the core."""
+    if not checkpoint.startswith(("http://", "https://", "file://")):
+        return resolve_pretrained(checkpoint)  # local file/dir, or a Hugging Face Hub id
+    from urllib.parse import urlparse
+
+    from torch.hub import download_url_to_file, get_dir
+
+    target = Path(get_dir()) / "checkpoints" / (os.path.basename(urlparse(checkpoint).path) or "checkpoint.pth")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print_log(f"MMSegConvNeXt: downloading {checkpoint} to {target}", logger="current")
+        download_url_to_file(checkpoint, str(target), progress=True)  # writes a temp file, then renames
+    return target
