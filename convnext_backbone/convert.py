@@ -321,8 +321,8 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], fmt: str | None = None
         if fmt == "mmpretrain" and re.match(r"^norm\d+\.", nk) and any(k.startswith("head.") for k in stripped):
             # mmpretrain classifiers apply their last out norm to the pooled vector: our `norm`.
             nk = "norm." + nk.split(".", 1)[1]
-        if fmt == "timm" and nk.startswith("stages.") and nk.endswith(".gamma") and v.ndim != 1:
-            v = v.reshape(-1)
+        if re.search(r"\.pwconv\d\.weight$", nk) and v.ndim == 4:  # 1x1-conv MLPs (timm conv_mlp, small V2)
+            v = v.reshape(v.shape[0], v.shape[1])
         out[nk] = v
         conv.mapping.append((originals[sk], nk))
     if not any(k.startswith("stages.") for k in out):

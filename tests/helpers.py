@@ -1,0 +1,40 @@
+"""Shared test utilities: weight randomisation that exercises every parameter."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Perturb every parameter so that norms, layer scale and GRN all matter.
+
+    Reference inits leave LayerNorms at (1, 0), GRN at 0 (identity) and layer scale at 1e-6
+    (blocks almost skipped): a parity test on such weights could not see a wrong mapping.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim == 1 and leaf == "weight":  # norm weights
+            p.copy_(1.0 + 0.2 * noise)
+        elif "grn" in name or leaf in ("gamma", "layer_scale_parameter", "beta"):
+            # GRN multiplies activations by up to ~3x its gamma: keep features O(1) as in trained models
+            p.copy_((0.03 if "grn" in name or leaf == "beta" else 0.1) * noise)
+        elif leaf == "bias":
+            p.copy_(0.05 * noise)
+        else:
+            fan_in = max(1, p[0].numel())
+            # Residual branches of trained ConvNeXts are small next to the stream; V2 has no layer
+            # scale to damp them, so a unit-gain last projection would grow features ~2x per stage.
+            gain = 0.25 if any(s in name for s in ("pwconv2", "fc2")) else 1.0
+            p.copy_(gain * noise / fan_in**0.5)
+    return model
+
+
+def max_abs_diff(a, b) -> float:
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), (len(a), len(b))
+        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
+    return (a.float() - b.float()).abs().max().item()

@@ -1,0 +1,238 @@
+"""The backbone contract: out_features/out_indices rules, shapes, errors, training knobs."""
+import pytest
+import torch
+import transformers
+
+from convnext_backbone import (
+    ConvNextBackbone,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ConvNextV2Config,
+    build_backbone,
+    list_presets,
+)
+from convnext_backbone.config import PRESETS, resolve_out_features_out_indices
+
+from helpers import max_abs_diff, randomize_
+
+STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]
+
+# (out_features, out_indices): valid and invalid cases; transformers decides which is which.
+CASES = [
+    (None, None),
+    (["stage4"], None),
+    (None, [4]),
+    (["stem", "stage2"], None),
+    (None, [0, 2]),
+    (["stage1", "stage2", "stage3", "stage4"], [1, 2, 3, 4]),
+    (None, [-1]),
+    (None, [-4, -3, -2, -1]),
+    (["stage2", "stage4"], [2, -1]),
+    (["stage5"], None),
+    (["stage2", "stage1"], None),
+    (["stage1", "stage1"], None),
+    (None, [5]),
+    (None, [-6]),
+    (None, [3, 1]),
+    (None, [1, 1]),
+    (None, [4, -1]),
+    (["stage1"], [2]),
+    (["stage1", "stage2"], [1]),
+    (["stem"], [0]),
+]
+
+
+def _hf_resolution(out_features, out_indices):
+    try:
+        cfg = transformers.ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                          out_features=out_features, out_indices=out_indices)
+    except (ValueError, IndexError):  # transformers rejects [-6] with an IndexError; we raise ValueError
+        return None
+    n = len(cfg.stage_names)
+    return list(cfg.out_features), [i % n for i in cfg.out_indices]
+
+
+@pytest.mark.parametrize("out_features,out_indices", CASES)
+def test_out_features_resolution_matches_transformers(out_features, out_indices):
+    expected = _hf_resolution(out_features, out_indices)
+    if expected is None:
+        with pytest.raises(ValueError) as err:
+            resolve_out_features_out_indices(out_features, out_indices, STAGES)
+        msg = str(err.value)
+        assert "stage" in msg  # names what is allowed
+    else:
+        assert resolve_out_features_out_indices(out_features, out_indices, STAGES) == expected
+        cfg = ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                             out_features=out_features, out_indices=out_indices)
+        assert (cfg.out_features, cfg.out_indices) == expected
+
+
+def test_invalid_out_features_message_names_allowed_values():
+    with pytest.raises(ValueError, match=r"stem.*stage4"):
+        ConvNextConfig(out_features=["res5"])
+
+
+def test_setters_rederive_the_other():
+    cfg = ConvNextV2Config.from_preset("atto")
+    assert cfg.out_features == ["stage4"] and cfg.out_indices == [4]
+    cfg.out_indices = [-3, -1]
+    assert cfg.out_features == ["stage2", "stage4"] and cfg.out_indices == [2, 4]
+    cfg.out_features = ["stem", "stage1"]
+    assert cfg.out_indices == [0, 1]
+
+
+def test_presets_match_published_shapes():
+    assert list_presets("convnext") == [f"convnext_{s}" for s in ["tiny", "small", "base", "large", "xlarge"]]
+    assert list_presets("convnextv2") == [f"convnextv2_{s}" for s in ["atto", "femto", "pico", "nano", "tiny", "base", "large", "huge"]]
+    assert PRESETS["convnextv2"]["huge"] == ((3, 3, 27, 3), (352, 704, 1408, 2816))
+    cfg = ConvNextV2Config.from_preset("nano")
+    assert cfg.depths == [2, 2, 8, 2] and cfg.hidden_sizes == [80, 160, 320, 640]
+    assert type(build_backbone("convnext_small").config) is ConvNextConfig
+    assert type(build_backbone("convnextv2_atto").config) is ConvNextV2Config
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
+def test_shapes_channels_strides(name):
+    model = build_backbone(name, out_features=STAGES).eval()
+    x = torch.randn(1, 3, 96, 160)
+    out = model(x)
+    assert model.stage_names == tuple(STAGES)
+    assert model.strides == [4, 4, 8, 16, 32]
+    h = model.config.hidden_sizes
+    assert model.channels == [h[0], h[0], h[1], h[2], h[3]]
+    assert len(out.feature_maps) == 5
+    for fmap, c, s in zip(out.feature_maps, model.channels, model.strides):
+        assert tuple(fmap.shape) == (1, c, 96 // s, 160 // s)
+    assert list(model.forward_dict(x)) == STAGES
+
+
+def test_outputs_follow_out_features_order_and_norm_switch():
+    model = randomize_(build_backbone("convnextv2_atto", out_indices=[1, 3], norm_outputs=True)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    full = model(x, output_hidden_states=True)
+    assert len(full.hidden_states) == 5
+    normed = model(x).feature_maps
+    # each map is its stage's hidden state through its own LayerNorm
+    assert max_abs_diff(normed[0], model.norm0(full.hidden_states[1])) == 0
+    assert max_abs_diff(normed[1], model.norm2(full.hidden_states[3])) == 0
+    raw = ConvNextBackbone(model.config.copy(norm_outputs=False))
+    raw.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("norm")})
+    raw.eval()
+    assert max_abs_diff(raw(x).feature_maps, (full.hidden_states[1], full.hidden_states[3])) == 0
+    assert not hasattr(raw, "norm0")
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.randn(1, 4, 64, 64), r"4 channels.*num_channels=3"),
+        (torch.randn(3, 64, 64), r"4-D"),
+        (torch.randn(1, 3, 16, 64), r"smaller than the total stride 32"),
+    ],
+)
+def test_bad_input_errors(bad, match):
+    model = build_backbone("convnextv2_atto")
+    with pytest.raises(ValueError, match=match):
+        model(bad)
+
+
+def test_small_image_allowed_when_only_shallow_outputs_requested():
+    model = build_backbone("convnextv2_atto", out_features=["stem", "stage1"])
+    out = model(torch.randn(1, 3, 8, 8))
+    assert tuple(out.feature_maps[1].shape) == (1, 40, 2, 2)
+    with pytest.raises(ValueError, match="total stride 4"):
+        model(torch.randn(1, 3, 3, 8))
+
+
+def test_unknown_preset_errors():
+    with pytest.raises(ValueError, match=r"unknown preset 'convnext_gigantic'.*convnextv2_atto"):
+        build_backbone("convnext_gigantic")
+    with pytest.raises(ValueError, match=r"expected one of \['atto'"):
+        ConvNextV2Config.from_preset("tiny2")
+    with pytest.raises(ValueError, match="layer scale"):
+        ConvNextV2Config(layer_scale_init_value=1e-6)
+
+
+def test_drop_path_changes_training_outputs_not_eval():
+    torch.manual_seed(0)
+    model = randomize_(build_backbone("convnextv2_atto", drop_path_rate=0.5, out_indices=[4]))
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    a, b = model(x).feature_maps[0], model(x).feature_maps[0]
+    assert max_abs_diff(a, b) > 1e-2
+    model.eval()
+    ref = ConvNextBackbone(model.config.copy(drop_path_rate=0.0)).eval()
+    ref.load_state_dict(model.state_dict())
+    assert max_abs_diff(model(x).feature_maps, ref(x).feature_maps) == 0
+    rates = [blk.drop_path.drop_prob for stage in model.stages for blk in stage if hasattr(blk.drop_path, "drop_prob")]
+    assert rates[-1] == pytest.approx(0.5) and rates == sorted(rates)  # linear over blocks
+
+
+@pytest.mark.parametrize("frozen", [0, 2])
+def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen):
+    model = build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4], frozen_stages=frozen, drop_path_rate=0.2)
+    model.train()
+    sum(f.sum() for f in model(torch.randn(2, 3, 64, 64)).feature_maps).backward()
+    frozen_prefixes = ["downsample_layers.0."] + [f"stages.{i}." for i in range(frozen)] + [f"downsample_layers.{i}." for i in range(1, frozen)]
+    for name, p in model.named_parameters():
+        is_frozen = any(name.startswith(pre) for pre in frozen_prefixes)
+        assert p.requires_grad is not is_frozen, name
+        assert (p.grad is None) is is_frozen, name
+    for name, m in model.named_modules():
+        is_frozen = any((name + ".").startswith(pre) for pre in frozen_prefixes)
+        if name and is_frozen:
+            assert not m.training, name
+    assert model.stages[frozen].training and model.norm0.training
+
+
+def test_gradient_checkpointing_same_outputs_and_grads():
+    torch.manual_seed(0)
+    model = randomize_(build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])).train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def grads():
+        model.zero_grad()
+        loss = sum((f**2).mean() for f in model(x).feature_maps)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    l1, g1 = grads()
+    model.set_gradient_checkpointing(True)
+    l2, g2 = grads()
+    assert torch.allclose(l1, l2, atol=1e-6)
+    assert max(max_abs_diff(a, b) for a, b in zip(g1, g2)) < 1e-6
+
+
+def test_channels_last_is_a_memory_layout_only():
+    model = randomize_(build_backbone("convnext_tiny", out_indices=[0, 1, 2, 3, 4])).eval()
+    other = ConvNextBackbone(model.config.copy(channels_last=not model.config.channels_last)).eval()
+    other.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    assert max_abs_diff(model(x).feature_maps, other(x).feature_maps) < 1e-5
+
+
+def test_config_json_roundtrip(tmp_path):
+    cfg = ConvNextV2Config.from_preset("femto", out_indices=[-1, ], drop_path_rate=0.1, frozen_stages=1)
+    cfg.to_json_file(tmp_path / "c.json")
+    back = ConvNextConfig.from_json_file(tmp_path / "c.json")
+    assert type(back) is ConvNextV2Config and back == cfg and back.out_indices == [4]
+
+
+def test_save_and_from_pretrained_roundtrip(tmp_path):
+    model = randomize_(build_backbone("convnextv2_atto", out_features=["stem", "stage2", "stage4"])).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    back = ConvNextBackbone.from_pretrained(tmp_path / "m").eval()
+    assert back.out_features == ["stem", "stage2", "stage4"] and back.load_report.ok
+    x = torch.randn(1, 3, 64, 64)
+    assert max_abs_diff(model(x).feature_maps, back(x).feature_maps) == 0
+    # override: fewer outputs; the unused output norms are reported as dropped, not an error
+    sub = ConvNextBackbone.from_pretrained(tmp_path / "m", out_features=["stage4"]).eval()
+    assert {k.split(".")[0] for k, _ in sub.load_report.dropped} == {"norm_stem", "norm1"}
+    assert max_abs_diff(sub(x).feature_maps[0], back(x).feature_maps[2]) == 0
+
+
+def test_classifier_model_shapes():
+    model = ConvNextForImageClassification(ConvNextV2Config.from_preset("atto", num_labels=7)).eval()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert tuple(out.logits.shape) == (2, 7) and tuple(out.pooler_output.shape) == (2, 320)
