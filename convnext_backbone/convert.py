@@ -14,7 +14,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -121,9 +120,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         else:
             # weights_only=True: never execute code from a file a user downloaded.
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except CheckpointError:
+        raise
+    except Exception as e:  # torch, pickle, zip and safetensors each raise their own types
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     return _unwrap(state, path), config
 

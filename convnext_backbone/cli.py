@@ -1,0 +1,60 @@
+"""``convnext-backbone`` command line.
+
+Every subcommand is one row of ``COMMANDS``: its name, a one-line help, and the module that
+implements it. The module is imported only when its subcommand runs (so ``--help`` stays
+fast and a broken optional dependency breaks only its own subcommand) and provides:
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int | None      # exit status; None means 0
+
+To add a subcommand, add a row.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    module: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("doctor", "check the installed stack and say what is unavailable", "convnext_backbone.doctor"),
+    Command("convert", "convert any supported ConvNeXt checkpoint to ours (safetensors + config.json)", "convnext_backbone.convert_cmd"),
+    Command("export", "export multi-scale features of many images (resumable, torchrun-shardable)", "convnext_backbone.export.run"),
+    Command("export-onnx", "export the backbone to ONNX (dynamic batch/height/width), verified in onnxruntime", "convnext_backbone.export.onnx_export"),
+    Command("show", "picture of an image beside a PCA-to-RGB view of each feature level", "convnext_backbone.export.show"),
+)
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``selected``'s module is imported to add its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="convnext-backbone",
+        description="ConvNeXt V1/V2 backbone for Detectron2 and MMSegmentation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.set_defaults(_module=cmd.module)
+        if cmd.name == selected:
+            importlib.import_module(cmd.module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The subcommand is the first positional word (the top level has no options but -h).
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected).parse_args(argv)
+    status = importlib.import_module(args._module).run(args)
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

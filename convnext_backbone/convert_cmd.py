@@ -1,0 +1,59 @@
+"""``convnext-backbone convert SRC DST``: any supported checkpoint -> ours (safetensors + config.json)."""
+from __future__ import annotations
+
+import argparse
+
+from .config import CONFIG_CLASSES
+from .convert import CheckpointError, convert_state_dict, describe_conversion, infer_config, load_converted, read_checkpoint
+from .hub import resolve_pretrained
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="checkpoint file or directory (official, FCMAE, det/seg, HF, timm, mmpretrain, Detectron2 .pkl, ours) or a hub id")
+    p.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    p.add_argument("--to", choices=["backbone", "classifier"], default="backbone",
+                   help="backbone (default) drops a classifier head; classifier keeps head and final norm")
+    p.add_argument("--out-features", default=None,
+                   help="comma-separated stage names for the backbone, e.g. stage1,stage2,stage3,stage4 "
+                        "(default: the stages with output norms in SRC, else stage1..stage4)")
+    p.add_argument("--no-norm-outputs", action="store_true", help="backbone without per-output LayerNorms")
+    p.add_argument("--no-strict", action="store_true", help="write what matches even if keys are missing/unexpected")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .model import ConvNextBackbone, ConvNextForImageClassification
+
+    try:
+        local = resolve_pretrained(args.src)
+        state, config_dict = read_checkpoint(local)
+        conv = convert_state_dict(state)
+        print(describe_conversion(conv), end="")
+        overrides: dict = {}
+        if config_dict and config_dict.get("model_type") not in CONFIG_CLASSES:
+            raise CheckpointError(f"{local}: config.json model_type {config_dict.get('model_type')!r} is not a ConvNeXt")
+        if args.to == "backbone":
+            overrides["norm_outputs"] = not args.no_norm_outputs
+            if args.out_features:
+                overrides["out_features"] = [s.strip() for s in args.out_features.split(",") if s.strip()]
+            elif not any(k.startswith("norm") and not k.startswith("norm.") for k in conv.state_dict):
+                overrides["out_features"] = ["stage1", "stage2", "stage3", "stage4"]
+        config = infer_config(conv.state_dict, config_dict, **overrides)
+        cls = ConvNextBackbone if args.to == "backbone" else ConvNextForImageClassification
+        model = cls(config)
+        report = load_converted(model, conv, strict=not args.no_strict, source=str(local))
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"convert failed: {e}")
+        return 2
+    print(f"model: {type(config).__name__} depths={config.depths} hidden_sizes={config.hidden_sizes} -> {cls.__name__}"
+          + (f" out_features={config.out_features}" if args.to == "backbone" else f" num_labels={config.num_labels}"))
+    print(f"load: {report.summary()}")
+    for key, why in report.dropped:
+        if not any(key == k for k, _ in conv.dropped):
+            print(f"  dropped {key}: {why}")
+    if report.initialized:
+        print(f"  initialized fresh (not in SRC): {sorted({k.split('.')[0] for k in report.initialized})}")
+    for line in report.errors():
+        print(f"  ERROR {line}")
+    out = model.save_pretrained(args.dst)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    return 0 if report.ok else 1

@@ -1,0 +1,136 @@
+"""Converter failure modes and the ``convert`` command."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification, build_backbone, load_checkpoint
+from convnext_backbone.cli import main as cli_main
+from convnext_backbone.hub import HubUnavailableError
+
+from helpers import max_abs_diff, randomize_
+
+
+@pytest.fixture(scope="module")
+def atto_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("atto")
+    randomize_(build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])).save_pretrained(d)
+    return d
+
+
+def test_corrupt_and_truncated_files(tmp_path, atto_dir):
+    (tmp_path / "garbage.pth").write_bytes(os.urandom(2048))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        ConvNextBackbone.from_pretrained(tmp_path / "garbage.pth")
+    data = (atto_dir / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors: not a readable checkpoint"):
+        ConvNextBackbone.from_pretrained(tmp_path / "cut.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="expected one of"):
+        ConvNextBackbone.from_pretrained(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        ConvNextBackbone.from_pretrained(tmp_path / "nope.pth")
+
+
+def test_other_architecture_is_rejected(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError, match="unrecognised checkpoint.*conv1.weight"):
+        ConvNextBackbone.from_pretrained(tmp_path / "resnet18.pth")
+
+
+def test_wrong_size_names_key_and_both_shapes(atto_dir):
+    femto = build_backbone("convnextv2_femto", out_indices=[1, 2, 3, 4])
+    with pytest.raises(CheckpointError, match=r"shape mismatch for downsample_layers\.0\.0\.weight: checkpoint \[40, 3, 4, 4\] vs model \[48, 3, 4, 4\]"):
+        load_checkpoint(femto, atto_dir)
+    before = {k: v.clone() for k, v in femto.state_dict().items()}
+    report = load_checkpoint(femto, atto_dir, strict=False)
+    assert not report.ok and len(report.mismatched) > 10 and not report.loaded
+    assert all(torch.equal(before[k], v) for k, v in femto.state_dict().items())  # nothing half-loaded
+
+
+def test_missing_and_unexpected_keys(tmp_path, atto_dir):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(atto_dir / "model.safetensors")
+    del state["stages.2.5.pwconv1.weight"]
+    state["stages.0.0.mystery"] = torch.zeros(3)
+    save_file(state, tmp_path / "edited.safetensors")
+    model = build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path / "edited.safetensors")
+    assert "missing from checkpoint: stages.2.5.pwconv1.weight" in str(err.value)
+    assert "unexpected key in checkpoint: stages.0.0.mystery" in str(err.value)
+    report = load_checkpoint(model, tmp_path / "edited.safetensors", strict=False)
+    assert report.missing == ["stages.2.5.pwconv1.weight"] and report.unexpected == ["stages.0.0.mystery"]
+
+
+def test_v1_checkpoint_into_v2_model_is_an_error(tmp_path):
+    randomize_(build_backbone("convnext_tiny")).save_pretrained(tmp_path)
+    v2 = build_backbone("convnextv2_tiny")
+    with pytest.raises(CheckpointError, match=r"missing from checkpoint: stages\.0\.0\.grn\.gamma"):
+        load_checkpoint(v2, tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/convnext_pwned",))
+
+
+def test_pickles_that_run_code_are_refused(tmp_path):
+    torch.save({"model": {"x": _Evil()}}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        ConvNextBackbone.from_pretrained(tmp_path / "evil.pth")
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"model": {"x": _Evil()}}, f)
+    with pytest.raises(CheckpointError, match="refusing to unpickle posix.system"):
+        ConvNextBackbone.from_pretrained(tmp_path / "evil.pkl")
+    assert not os.path.exists("/tmp/convnext_pwned")
+
+
+def test_non_convnext_config_json_is_rejected(tmp_path, atto_dir):
+    (tmp_path / "model.safetensors").write_bytes((atto_dir / "model.safetensors").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    with pytest.raises(CheckpointError, match="model_type 'resnet' is not a ConvNeXt"):
+        ConvNextBackbone.from_pretrained(tmp_path)
+
+
+def test_hub_name_offline_fails_clearly():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    code = "from convnext_backbone import ConvNextBackbone; ConvNextBackbone.from_pretrained('facebook/convnextv2-tiny-1k-224')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "HubUnavailableError: could not fetch 'facebook/convnextv2-tiny-1k-224' from the Hugging Face Hub" in proc.stderr
+    assert "pass its local path" in proc.stderr
+    assert issubclass(HubUnavailableError, OSError)
+
+
+def test_convert_command_timm_classifier_to_backbone_and_classifier(tmp_path, capsys):
+    ref = randomize_(timm.create_model("convnextv2_atto", pretrained=False, num_classes=4)).eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    assert cli_main(["convert", str(tmp_path / "timm.pth"), str(tmp_path / "bb")]) == 0
+    out = capsys.readouterr().out
+    assert "source format: timm" in out and "dropped head.weight: classification head" in out
+    assert "initialized fresh (not in SRC): ['norm0', 'norm1', 'norm2', 'norm3']" in out
+    bb = ConvNextBackbone.from_pretrained(tmp_path / "bb", norm_outputs=False).eval()
+    assert bb.out_features == ["stage1", "stage2", "stage3", "stage4"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_abs_diff(ref.forward_intermediates(x, intermediates_only=True), bb(x).feature_maps) <= 1e-5
+    assert cli_main(["convert", str(tmp_path / "timm.pth"), str(tmp_path / "cls"), "--to", "classifier"]) == 0
+    cls = ConvNextForImageClassification.from_pretrained(tmp_path / "cls").eval()
+    with torch.no_grad():
+        assert max_abs_diff(ref(x), cls(x).logits) <= 1e-5
+
+
+def test_convert_command_reports_failure(tmp_path, capsys):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r.pth")
+    assert cli_main(["convert", str(tmp_path / "r.pth"), str(tmp_path / "out")]) == 2
+    assert "convert failed: unrecognised checkpoint" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
