@@ -129,6 +129,37 @@ def _out_features_from_indices(out_indices: Sequence[int], num_stages: int) -> l
     return [f"stage{i + 1}" for i in norm]
 
 
+def _backbone_config(arch, version, out_indices, out_features, drop_path_rate, layer_scale_init_value,
+                     frozen_stages, norm_outputs, with_cp, channels_last, in_channels):
+    """The core config for these arguments; ValueError naming the bad one."""
+    model_type, shape = resolve_arch(arch, version)
+    num_stages = len(shape["depths"])
+    if out_features is not None:
+        if out_indices is not None and out_indices != (0, 1, 2, 3):
+            names = _out_features_from_indices(out_indices, num_stages)
+            if list(out_features) != names:
+                raise ValueError(
+                    f"out_features {list(out_features)} and out_indices {list(out_indices)} (= {names}) disagree; give one of them"
+                )
+        features = list(out_features)
+    else:
+        features = _out_features_from_indices((0, 1, 2, 3) if out_indices is None else out_indices, num_stages)
+    kwargs: dict[str, Any] = dict(
+        shape, num_channels=in_channels, out_features=features, drop_path_rate=drop_path_rate,
+        frozen_stages=frozen_stages, norm_outputs=norm_outputs, gradient_checkpointing=with_cp,
+        channels_last=channels_last, layer_norm_eps=1e-6,
+    )
+    if layer_scale_init_value is not None:
+        if model_type == "convnextv2" and layer_scale_init_value:
+            raise ValueError(
+                f"layer_scale_init_value={layer_scale_init_value} is not allowed for ConvNeXt V2 "
+                "(GRN replaces layer scale); leave it unset or 0"
+            )
+        if model_type == "convnext":
+            kwargs["layer_scale_init_value"] = layer_scale_init_value
+    return CONFIG_CLASSES[model_type](**kwargs)  # raises ValueError naming the bad field
+
+
 @MODELS.register_module()
 class MMSegConvNeXt(ConvNextBackbone, BaseModule):
     """ConvNeXt V1/V2 backbone for MMSegmentation; ``forward`` returns a tuple of NCHW maps.
@@ -168,32 +199,11 @@ class MMSegConvNeXt(ConvNextBackbone, BaseModule):
         pretrained: str | None = None,
         init_cfg: dict | list | None = None,
     ):
-        model_type, shape = resolve_arch(arch, version)
-        num_stages = len(shape["depths"])
-        if out_features is not None:
-            if out_indices is not None and out_indices != (0, 1, 2, 3):
-                names = _out_features_from_indices(out_indices, num_stages)
-                if list(out_features) != names:
-                    raise ValueError(
-                        f"out_features {list(out_features)} and out_indices {list(out_indices)} (= {names}) disagree; give one of them"
-                    )
-            features = list(out_features)
-        else:
-            features = _out_features_from_indices((0, 1, 2, 3) if out_indices is None else out_indices, num_stages)
-        kwargs: dict[str, Any] = dict(
-            shape, num_channels=in_channels, out_features=features, drop_path_rate=drop_path_rate,
-            frozen_stages=frozen_stages, norm_outputs=norm_outputs, gradient_checkpointing=with_cp,
-            channels_last=channels_last, layer_norm_eps=1e-6,
-        )
-        if layer_scale_init_value is not None:
-            if model_type == "convnextv2" and layer_scale_init_value:
-                raise ValueError(
-                    f"layer_scale_init_value={layer_scale_init_value} is not allowed for ConvNeXt V2 "
-                    "(GRN replaces layer scale); leave it unset or 0"
-                )
-            if model_type == "convnext":
-                kwargs["layer_scale_init_value"] = layer_scale_init_value
-        config = CONFIG_CLASSES[model_type](**kwargs)  # raises ValueError naming the bad field
+        try:
+            config = _backbone_config(arch, version, out_indices, out_features, drop_path_rate, layer_scale_init_value,
+                                      frozen_stages, norm_outputs, with_cp, channels_last, in_channels)
+        except ValueError as e:  # say which part of a segmentor config is wrong
+            raise ValueError(f"MMSegConvNeXt backbone: {e}") from None
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError("give either init_cfg or the deprecated pretrained, not both")
