@@ -1,0 +1,43 @@
+"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2 and MMSegmentation.
+
+Three import packages ship in one distribution:
+  convnext_backbone     the core (imports torch only)
+  detectron2_convnext   the Detectron2 adapter, source in integrations/detectron2_convnext
+  mmseg_convnext        the MMSegmentation adapter, source in integrations/mmseg_convnext
+"""
+from setuptools import find_packages, setup
+
+INTEGRATIONS = ("detectron2_convnext", "mmseg_convnext")
+
+core_packages = find_packages(include=["convnext_backbone", "convnext_backbone.*"])
+integration_packages = find_packages(
+    where="integrations", include=[p for name in INTEGRATIONS for p in (name, name + ".*")]
+)
+
+EXTRAS = {
+    "detectron2": ["detectron2", "pycocotools", "opencv-python"],
+    "mmseg": ["mmcv==2.1.0", "mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
+    "export": ["onnx", "onnxruntime", "matplotlib"],
+    "test": ["pytest", "transformers>=5,<6", "timm>=1.0"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="convnext-backbone",
+    version="0.1.0",
+    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2 and MMSegmentation adapters",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=core_packages + integration_packages,
+    package_dir={name: f"integrations/{name}" for name in INTEGRATIONS},
+    install_requires=["torch>=2.1", "safetensors", "numpy", "tqdm", "Pillow"],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "convnext-backbone=convnext_backbone.cli:main",
+            "convnext-d2-train=detectron2_convnext.train_net:main",
+            "convnext-mmseg-train=mmseg_convnext.train:main",
+        ]
+    },
+)
