@@ -1,0 +1,20 @@
+# Entry points named in the README. Everything runs in .venv (created by `make setup`).
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench clean
+
+setup:  ## create .venv with the full stack (idempotent; seconds when already set up)
+	bash scripts/setup.sh
+
+demo:  ## for now: the environment check (the Detectron2 demo replaces it)
+	$(PY) -m convnext_backbone.doctor
+
+test:  ## the test suite
+	$(PY) -m pytest -q tests
+
+bench:  ## backbone speed/memory: ours vs timm vs HF
+	$(PY) -m benchmarks.backbone
+
+clean:  ## build artifacts and caches (keeps .venv and ~/.cache/convnext-backbone)
+	rm -rf build dist outputs .pytest_cache *.egg-info
+	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
