@@ -22,3 +22,5 @@ __all__ = [
     "list_presets",
     "load_checkpoint",
 ]
+
+from .export import extract_features  # noqa: E402  multi-scale feature export API (convnext_backbone.export)

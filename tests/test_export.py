@@ -2,6 +2,7 @@
 file), kill-and-resume, a 2-process torchrun run, and --verify. Real files, real subprocesses."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -131,8 +132,6 @@ def test_export_matches_direct_forward(resize, weights, folder, exported, tmp_pa
         rec = status[rel]
         path = out / rec["output"]
         assert rec["output"] == f"features/{rel}.safetensors"
-        import hashlib
-
         assert hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]
         got = load_features(path)
         x = letterbox_ref(rgb, SIZE) if resize == "letterbox" else processor(Image.fromarray(rgb))["pixel_values"][0]
@@ -230,9 +229,9 @@ def _many_images(root: Path, n: int) -> None:
 
 
 def test_kill_mid_run_then_resume(weights, tmp_path):
-    src, out, n = tmp_path / "many", tmp_path / "out", 48
+    src, out, n = tmp_path / "many", tmp_path / "out", 32
     _many_images(src, n)
-    argv = ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", "256",
+    argv = ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", "224",
             "--features", "stage1,stage3", "--batch-size", "1", "--workers", "1", "--writer-threads", "1", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "convnext_backbone.cli", *argv], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -264,7 +263,7 @@ def test_kill_mid_run_then_resume(weights, tmp_path):
     assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
     model = ConvNextBackbone.from_pretrained(weights, out_features=["stage1", "stage3"])
     paths = sorted(src.glob("*.png"))
-    want = extract_features(model, paths, size=256, batch_size=8)
+    want = extract_features(model, paths, size=224, batch_size=8)
     for i, p in enumerate(paths):
         got = load_features(feats / f"{p.name}.safetensors")
         assert max_abs_diff([got["stage1"], got["stage3"]], [want["stage1"][i], want["stage3"][i]]) < 1e-4, p.name
@@ -289,3 +288,19 @@ def test_torchrun_two_ranks_equal_single_process(weights, folder, exported, tmp_
     for r in (r for r in single if r["status"] == "ok"):
         a, b = load_features(exported / r["output"]), load_features(out / r["output"])
         assert max_abs_diff([a[k] for k in ALL], [b[k] for k in ALL]) < 1e-5, r["output"]
+
+
+def test_input_specs(folder, tmp_path):
+    from convnext_backbone.export import list_inputs
+
+    root, expect = folder
+    images = sorted(str(root / k) for k in expect)
+    assert [str(p) for p in list_inputs(root).paths] == images  # recursive, notes.txt left out
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"# comment\n{os.path.relpath(root / 'a.jpg', tmp_path)}\n\n{root / 'sub' / 'pal.png'}\n{root / 'gone.png'}\n")
+    got = list_inputs(listed)
+    assert [str(p) for p in got.paths] == sorted([str(root / "a.jpg"), str(root / "sub" / "pal.png"), str(root / "gone.png")])
+    assert got.relative(root / "sub" / "pal.png") == "sub/pal.png"  # outputs mirror the common root
+    assert [p.name for p in list_inputs(f"{root}/**/*.png").paths] == ["gray.png", "i16.png", "pal.png", "rgba.png", "trunc.png"]
+    with pytest.raises(ValueError, match="no images found"):
+        list_inputs(f"{root}/*.webp")

@@ -1,6 +1,7 @@
 """``extract_features``: multi-scale features from a backbone, for notebooks and pipelines."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import os
@@ -10,11 +11,14 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..config import config_from_preset_name
+from ..config import config_from_preset_name, list_presets
 from ..model import ConvNextBackbone, build_backbone
 from .images import DEFAULT_SIZE, load_image, make_transform
 
-__all__ = ["DEFAULT_FEATURES", "DTYPES", "extract_features", "load_model", "model_fingerprint", "parse_features"]
+__all__ = [
+    "DEFAULT_FEATURES", "DTYPES", "add_model_arguments", "extract_features", "load_model", "model_from_args",
+    "model_fingerprint", "parse_features",
+]
 
 DEFAULT_FEATURES = ("stage1", "stage2", "stage3", "stage4")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -68,6 +72,22 @@ def load_model(
             model = build_backbone(preset, out_features=features, norm_outputs=norm_outputs)
         warn(f"warning: no --weights given; {preset} has RANDOM weights (seed {seed}): the features are only good for testing")
     return model.eval()
+
+
+def add_model_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The model options shared by ``export``, ``export-onnx`` and ``show``."""
+    p.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
+    p.add_argument("--preset", metavar="NAME", help=f"architecture ({', '.join(list_presets())}); "
+                   "without --weights the weights are random (seeded): for testing only")
+    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
+                   help="comma-separated levels among stem,stage1,stage2,stage3,stage4, or 'all' (default: %(default)s)")
+    p.add_argument("--no-output-norm", action="store_true",
+                   help="the raw stage outputs instead of passing each through its output LayerNorm")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when only --preset is given")
+
+
+def model_from_args(args: argparse.Namespace, warn=lambda msg: print(msg, file=sys.stderr)) -> ConvNextBackbone:
+    return load_model(args.preset, args.weights, args.features, norm_outputs=not args.no_output_norm, seed=args.seed, warn=warn)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

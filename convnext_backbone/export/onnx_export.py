@@ -21,9 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import list_presets
 from ..model import ConvNextBackbone
-from .features import DEFAULT_FEATURES, load_model
+from .features import add_model_arguments, model_from_args
 
 __all__ = ["add_arguments", "export_onnx", "export_program", "run", "verify_onnx"]
 
@@ -62,7 +61,7 @@ def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 1
     os.close(fd)
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces itself
             torch.onnx.export(
                 wrapper, (sample,), tmp, dynamo=False, input_names=["pixel_values"], output_names=names,
                 dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
@@ -136,23 +135,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Export the backbone to ONNX: input pixel_values (N,3,H,W) with dynamic N/H/W, one named output per "
         "feature level. The file is run in onnxruntime at two input sizes and compared with PyTorch."
     )
-    p.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
-    p.add_argument("--preset", metavar="NAME", help=f"architecture ({', '.join(list_presets())}); "
-                   "without --weights the weights are random (seeded): for testing only")
-    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
-                   help="comma-separated levels among stem,stage1,...,stage4, or 'all' (default: %(default)s)")
-    p.add_argument("--no-output-norm", action="store_true", help="raw stage outputs, without the output LayerNorms")
+    add_model_arguments(p)
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s; >= 17 has LayerNormalization)")
     p.add_argument("--torch-export", metavar="FILE.pt2", help="also write a torch.export program with dynamic N/H/W")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch comparison")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when only --preset is given")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model = load_model(args.preset, args.weights, args.features, norm_outputs=not args.no_output_norm, seed=args.seed)
+        model = model_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"convnext-backbone export-onnx: error: {e}", file=sys.stderr)
         return 2

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import list_presets
-from .features import DEFAULT_FEATURES, DTYPES, autocast_for, load_model, model_fingerprint, parse_features
+from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
 from .images import DEFAULT_SIZE, RESIZE_MODES, list_inputs, load_image, make_transform
 from .store import (
     CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, atomic_write,
@@ -47,14 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Re-running the same command resumes; under torchrun the input is sharded across ranks."
     )
     m = p.add_argument_group("model")
-    m.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
-    m.add_argument("--preset", metavar="NAME", help=f"architecture ({', '.join(list_presets())}); "
-                   "without --weights the weights are random (seeded): for testing only")
-    m.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
-                   help="comma-separated levels among stem,stage1,stage2,stage3,stage4, or 'all' (default: %(default)s)")
-    m.add_argument("--no-output-norm", action="store_true",
-                   help="export the raw stage outputs instead of passing each through its output LayerNorm")
-    m.add_argument("--seed", type=int, default=0, help="seed of the random weights when only --preset is given")
+    add_model_arguments(m)
     io_ = p.add_argument_group("input and output")
     io_.add_argument("--input", metavar="DIR|GLOB|LIST.txt", help="a folder (recursive), a quoted glob, a text file "
                      "with one path per line (relative to the list's folder), or one image")
@@ -228,7 +220,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """Run one export (one rank of it under torchrun); -> counts and timings of this rank."""
     _check_args(args)
-    features = parse_features(args.features)
     transform = make_transform(args.resize, args.size)
     dtype = DTYPES[args.dtype]
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
@@ -236,7 +227,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     try:
         device = _device(args.device, dist.local_rank, dist.enabled)
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
-        model = load_model(args.preset, args.weights, features, norm_outputs=not args.no_output_norm, seed=args.seed, warn=say)
+        model = model_from_args(args, warn=say)
         model.to(device)
         strides = dict(zip(model.out_features, model.strides))
         config = {
@@ -260,7 +251,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         root, ext = Path(plan["root"]), FORMATS[args.format]
         items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
         shard = items[dist.rank::dist.world]
-        done = {s: r for s, r in read_manifest(out).items() if r.get("status") == "ok"}
+        done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
         tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
@@ -270,10 +261,10 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
 
         all_stats = dist.gather(stats)
         if dist.rank == 0:
-            records = merge_manifest(out)
+            outcome = merge_manifest(out)
             shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
             stats["total"] = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
-            failures = [(p, records[p]["error"]) for p in plan["paths"] if records.get(p, {}).get("status") == "error"]
+            failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
             t = stats["total"]
             say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
                 f"-> {out / MANIFEST_NAME}")

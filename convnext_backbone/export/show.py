@@ -18,9 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import list_presets
-from .features import DEFAULT_FEATURES, extract_features, load_model
-from .images import DEFAULT_SIZE, Letterbox, load_image
+from .features import add_model_arguments, extract_features, model_from_args
+from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = ["add_arguments", "pca_rgb", "render", "run"]
 
@@ -89,23 +88,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Show an image beside a PCA-to-RGB picture of each feature level (letterboxed as export does)."
     p.add_argument("image", help="an image file")
     p.add_argument("--out", required=True, metavar="FIG.png", help="where to write the figure (png, pdf, svg)")
-    p.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
-    p.add_argument("--preset", metavar="NAME", help=f"architecture ({', '.join(list_presets())}); "
-                   "without --weights the weights are random (seeded): for testing only")
-    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), metavar="LIST",
-                   help="comma-separated levels among stem,stage1,...,stage4, or 'all' (default: %(default)s)")
+    add_model_arguments(p)
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="letterbox side, a multiple of 32 (default: %(default)s)")
-    p.add_argument("--no-output-norm", action="store_true", help="raw stage outputs, without the output LayerNorms")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when only --preset is given")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model = load_model(args.preset, args.weights, args.features, norm_outputs=not args.no_output_norm, seed=args.seed)
+        model = model_from_args(args)
         image, _ = load_image(args.image)
-        pixel_values, geometry = Letterbox(args.size)(image) if args.size % 32 == 0 else (None, None)
-        if pixel_values is None:
-            raise ValueError(f"--size must be a multiple of 32, got {args.size}")
+        pixel_values, geometry = make_transform("letterbox", args.size)(image)
     except (ValueError, OSError) as e:
         print(f"convnext-backbone show: error: {e}", file=sys.stderr)
         return 2

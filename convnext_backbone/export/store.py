@@ -164,31 +164,47 @@ def _manifest_files(out_dir: Path) -> list[Path]:
     return files + (sorted(parts.glob("*.jsonl")) if parts.is_dir() else [])
 
 
-def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{source: latest record}`` over the merged manifest and any unmerged parts."""
+def read_manifest(
+    out_dir: Path, sources: set[str] | None = None, fields: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{source: latest record}`` over the merged manifest and any unmerged parts.
+
+    ``sources`` / ``fields`` keep only those records / keys: a rank of a huge export holds
+    just what it needs to decide what is done.
+    """
     records: dict[str, dict[str, Any]] = {}
     for path in _manifest_files(out_dir):
         for rec in _jsonl(path):
-            if rec is not None:
-                records[rec["source"]] = rec
+            if rec is not None and (sources is None or rec["source"] in sources):
+                records[rec["source"]] = rec if fields is None else {k: rec.get(k) for k in fields}
     return records
 
 
-def merge_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+def merge_manifest(out_dir: Path) -> dict[str, str]:
     """Fold the parts into ``manifest.jsonl`` (one line per source, sorted), then drop the parts.
 
     The new manifest replaces the old atomically before any part is removed, so a crash here
-    loses nothing: the next run reads both again.
+    loses nothing: the next run reads both again. -> ``{source: status or error reason}``.
     """
     files = _manifest_files(out_dir)
-    records = read_manifest(out_dir)
-    text = "".join(json.dumps(records[s]) + "\n" for s in sorted(records))
-    atomic_write_text(out_dir / MANIFEST_NAME, text)
+    lines: dict[str, str] = {}  # kept as text: a million parsed records would not fit comfortably
+    outcome: dict[str, str] = {}
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    source = rec["source"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # blank, or cut by a kill
+                lines[source] = line if line.endswith("\n") else line + "\n"
+                outcome[source] = "ok" if rec.get("status") == "ok" else str(rec.get("error"))
+    atomic_write_text(out_dir / MANIFEST_NAME, "".join(lines[s] for s in sorted(lines)))
     for f in files:
         if f.parent.name == PARTS_DIR:
             f.unlink(missing_ok=True)
     shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
-    return records
+    return outcome
 
 
 def output_is_valid(out_dir: Path, record: dict[str, Any], check: str = "checksum") -> bool:

@@ -1,0 +1,76 @@
+"""export-onnx run in onnxruntime against PyTorch, the torch.export path, and the `show` figure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from convnext_backbone import ConvNextBackbone, ConvNextV2Config
+from convnext_backbone.cli import main as cli
+from convnext_backbone.export.show import pca_rgb
+
+from helpers import randomize_
+
+ALL = ["stem", "stage1", "stage2", "stage3", "stage4"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    model = randomize_(ConvNextBackbone(ConvNextV2Config.from_preset("atto", out_features=ALL)), seed=7)
+    return model.save_pretrained(tmp_path_factory.mktemp("w") / "atto")
+
+
+def test_onnx_matches_pytorch_at_two_sizes(weights, tmp_path, capsys):
+    path = tmp_path / "backbone.onnx"
+    assert cli(["export-onnx", "--weights", str(weights), "--features", "all", "--out", str(path),
+                "--torch-export", str(tmp_path / "backbone.pt2")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" ok ") == 2 and (tmp_path / "backbone.pt2").is_file()
+
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["strides"]) == [4, 4, 8, 16, 32]
+
+    model = ConvNextBackbone.from_pretrained(weights, out_features=ALL).eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ALL
+    g = torch.Generator().manual_seed(1)
+    for shape in [(2, 3, 64, 96), (1, 3, 160, 128)]:
+        x = torch.randn(*shape, generator=g)
+        got = session.run(None, {"pixel_values": x.numpy()})
+        with torch.inference_mode():
+            want = model(x).feature_maps
+        for name, a, b in zip(ALL, got, want):
+            assert a.shape == tuple(b.shape), (name, shape)
+            assert np.abs(a - b.numpy()).max() <= 1e-4, (name, shape)
+
+
+def test_pca_rgb_separates_regions():
+    feat = torch.zeros(16, 8, 8)
+    feat[:, :, :4] = torch.randn(16, 1, 1)
+    feat[:, :, 4:] = torch.randn(16, 1, 1)
+    rgb, explained = pca_rgb(feat + 0.01 * torch.randn(16, 8, 8))
+    assert rgb.shape == (8, 8, 3) and rgb.min() >= 0 and rgb.max() <= 1 and explained > 0.9
+    assert np.abs(rgb[:, :4].mean((0, 1)) - rgb[:, 4:].mean((0, 1))).max() > 0.5  # two regions, two colours
+
+
+def test_show_writes_a_readable_figure(weights, tmp_path):
+    im = Image.new("RGB", (160, 120), (120, 170, 230))
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 80, 160, 120], fill=(70, 140, 60))
+    d.ellipse([110, 10, 140, 40], fill=(250, 220, 60))
+    im.convert("RGBA").save(tmp_path / "scene.png")
+    out = tmp_path / "fig.png"
+    assert cli(["show", str(tmp_path / "scene.png"), "--weights", str(weights), "--features", "all",
+                "--size", "128", "--out", str(out)]) == 0
+    fig = np.asarray(Image.open(out).convert("RGB")).astype(float)
+    h, w, _ = fig.shape
+    assert w > 4 * h  # image + 5 panels side by side
+    assert fig.std() > 20  # not blank
