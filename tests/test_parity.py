@@ -297,3 +297,25 @@ def test_fp32_error_against_fp64_no_worse_than_reference(name, tmp_path, pixels)
     ref_err = max_abs_diff([a.double() for a in ref_fp32], truth)
     ours_err = max_abs_diff([a.double() for a in ours_fp32], truth)
     assert ours_err <= 2 * ref_err + 1e-6, (ours_err, ref_err)
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
+def test_training_gradients_match_timm(name, tmp_path, pixels):
+    """The folded layer scale / GRN of our training path give the reference's gradients."""
+    from convnext_backbone.convert import convert_state_dict
+
+    ref = randomize_(timm.create_model(name, pretrained=False, features_only=True)).train()
+    torch.save(ref.state_dict(), tmp_path / "t.pth")
+    ours = ConvNextBackbone.from_pretrained(tmp_path / "t.pth", out_indices=[1, 2, 3, 4], norm_outputs=False).train()
+    for model, feats in ((ref, lambda m: m(pixels)), (ours, lambda m: m(pixels).feature_maps)):
+        sum((f * f).mean() for f in feats(model)).backward()
+    ref_grads = {k: p.grad for k, p in ref.named_parameters()}
+    our_grads = dict(ours.named_parameters())
+    mapping = convert_state_dict(ref.state_dict()).mapping
+    assert len(mapping) == len(our_grads)
+    worst = 0.0
+    for src, dst in mapping:
+        g_ref, g_ours = ref_grads[src], our_grads[dst].grad
+        scale = g_ref.abs().max().item() + 1e-12
+        worst = max(worst, max_abs_diff(g_ref.reshape(g_ours.shape), g_ours) / scale)
+    assert worst < 1e-4, worst  # relative to each tensor's largest gradient
