@@ -21,7 +21,7 @@ import os.path as osp
 import sys
 from typing import Sequence
 
-__all__ = ["main", "build_parser", "load_config"]
+__all__ = ["main", "build_parser", "load_config", "preflight"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,25 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
+def preflight(cfg) -> None:
+    """Build the model on the meta device (no memory, no init) and check heads against the backbone.
+
+    Config mistakes (unknown arch, bad out_indices, head in_channels that do not match the
+    backbone) then stop in a second, before the Runner collects the environment, creates the
+    work dir and builds data loaders.
+    """
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from .runner import check_segmentor
+
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    check_segmentor(model)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -91,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(args)
+        preflight(cfg)
         if cfg.get("runner_type") in (None, "ConvNeXtSegRunner"):
             runner = ConvNeXtSegRunner.from_cfg(cfg)
         else:
