@@ -1,13 +1,7 @@
 # UperNet + ConvNeXt-B on ADE20K, 640x640 crops, 160k iterations.
 # Published (ConvNeXt paper, official README): ConvNeXt-B UperNet, IN-22K, 640x640, 160k: mIoU 52.6 single-scale (53.1 ms+flip).
-_base_ = [
-    './_base_/upernet_convnext_160k_ade20k_recipe.py',
-    'mmseg::_base_/datasets/ade20k_640x640.py',
-]
-crop_size = (640, 640)
-data_preprocessor = dict(size=crop_size)
+_base_ = ['./_base_/upernet_convnext_ade20k_640x640_160k.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='convnext_base',
         drop_path_rate=0.4,
@@ -16,12 +10,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_224.pth')),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(426, 426)),
 )
 optim_wrapper = dict(
     paramwise_cfg=dict(num_layers=12),  # official: 6 for tiny, 12 for the rest
 )
-# 8 GPUs x 2 images = 16 per iteration, as published; scale lr if you change the total.
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader

@@ -1,13 +1,7 @@
 # UperNet + ConvNeXt-S on ADE20K, 512x512 crops, 160k iterations.
 # Published (ConvNeXt paper, official README): ConvNeXt-S UperNet, IN-1K, 512x512, 160k: mIoU 48.7 single-scale (49.6 ms+flip).
-_base_ = [
-    './_base_/upernet_convnext_160k_ade20k_recipe.py',
-    'mmseg::_base_/datasets/ade20k.py',
-]
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
+_base_ = ['./_base_/upernet_convnext_ade20k_512x512_160k.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='convnext_small',
         drop_path_rate=0.3,
@@ -16,12 +10,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_small_1k_224.pth')),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
 )
 optim_wrapper = dict(
     paramwise_cfg=dict(num_layers=12),  # official: 6 for tiny, 12 for the rest
 )
-# 8 GPUs x 2 images = 16 per iteration, as published; scale lr if you change the total.
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader

@@ -1,13 +1,7 @@
 # UperNet + ConvNeXt-XL on ADE20K, 640x640 crops, 160k iterations.
 # Published (ConvNeXt paper, official README): ConvNeXt-XL UperNet, IN-22K, 640x640, 160k: mIoU 53.6 single-scale (54.0 ms+flip).
-_base_ = [
-    './_base_/upernet_convnext_160k_ade20k_recipe.py',
-    'mmseg::_base_/datasets/ade20k_640x640.py',
-]
-crop_size = (640, 640)
-data_preprocessor = dict(size=crop_size)
+_base_ = ['./_base_/upernet_convnext_ade20k_640x640_160k.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='convnext_xlarge',
         drop_path_rate=0.4,
@@ -16,7 +10,6 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_xlarge_22k_224.pth')),
     decode_head=dict(in_channels=[256, 512, 1024, 2048]),
     auxiliary_head=dict(in_channels=1024),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(426, 426)),
 )
 optim_wrapper = dict(
     _delete_=True,
@@ -24,7 +17,3 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=8e-05, betas=(0.9, 0.999), weight_decay=0.05),  # official XL value
     paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=12),
     constructor='LearningRateDecayOptimizerConstructor')
-# 8 GPUs x 2 images = 16 per iteration, as published; scale lr if you change the total.
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader

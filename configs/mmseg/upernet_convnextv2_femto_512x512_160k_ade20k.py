@@ -2,14 +2,8 @@
 # Published: none found (no UperNet/ADE20K number published for ConvNeXt V2-F).
 # ConvNeXt V2 has no official segmentation code or config: this is the V1 recipe applied to V2,
 # with V2's optimizer rule (GRN gamma/beta without weight decay) and the size choices noted below.
-_base_ = [
-    './_base_/upernet_convnext_160k_ade20k_recipe.py',
-    'mmseg::_base_/datasets/ade20k.py',
-]
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
+_base_ = ['./_base_/upernet_convnext_ade20k_512x512_160k.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='convnextv2_femto',
         drop_path_rate=0.1,  # our choice: light regularisation for the 2-2-6-2 / 2-2-8-2 models
@@ -17,13 +11,8 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_femto_1k_224_ema.pt')),
     decode_head=dict(in_channels=[48, 96, 192, 384]),
     auxiliary_head=dict(in_channels=192),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
 )
 optim_wrapper = dict(
     constructor='ConvNeXtV2LearningRateDecayOptimizerConstructor',
     paramwise_cfg=dict(num_layers=6),  # 6 up to tiny, 12 above, as V1
 )
-# 8 GPUs x 2 images = 16 per iteration, as published; scale lr if you change the total.
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader

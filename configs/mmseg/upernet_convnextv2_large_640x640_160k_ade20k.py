@@ -2,14 +2,8 @@
 # Published (ConvNeXt V2 paper, UperNet on ADE20K, FCMAE + IN-22K fine-tuned): V2-L mIoU 53.7 (scale protocol not stated in our source).
 # ConvNeXt V2 has no official segmentation code or config: this is the V1 recipe applied to V2,
 # with V2's optimizer rule (GRN gamma/beta without weight decay) and the size choices noted below.
-_base_ = [
-    './_base_/upernet_convnext_160k_ade20k_recipe.py',
-    'mmseg::_base_/datasets/ade20k_640x640.py',
-]
-crop_size = (640, 640)
-data_preprocessor = dict(size=crop_size)
+_base_ = ['./_base_/upernet_convnext_ade20k_640x640_160k.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='convnextv2_large',
         drop_path_rate=0.4,  # as V1 at this depth
@@ -17,7 +11,6 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im22k/convnextv2_large_22k_224_ema.pt')),
     decode_head=dict(in_channels=[192, 384, 768, 1536]),
     auxiliary_head=dict(in_channels=768),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(426, 426)),
 )
 optim_wrapper = dict(
     _delete_=True,
@@ -25,7 +18,3 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=12),
     constructor='ConvNeXtV2LearningRateDecayOptimizerConstructor')
-# 8 GPUs x 2 images = 16 per iteration, as published; scale lr if you change the total.
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader

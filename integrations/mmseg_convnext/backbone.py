@@ -40,7 +40,7 @@ from mmengine.model.weight_init import initialize
 from mmseg.registry import MODELS
 
 from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
-from convnext_backbone.config import CONFIG_CLASSES, PRESETS, list_presets
+from convnext_backbone.config import CONFIG_CLASSES, PRESETS, list_presets, resolve_out_features_out_indices, stage_names_for
 from convnext_backbone.convert import read_checkpoint
 from convnext_backbone.hub import resolve_pretrained
 
@@ -107,26 +107,23 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
 
 
 def _out_features_from_indices(out_indices: Sequence[int], num_stages: int) -> list[str]:
-    """MMSeg ``out_indices`` (0 = stage1) -> HF stage names, with errors in MMSeg terms."""
-    allowed = f"ints in 0..{num_stages - 1} (0 = stage1, stride 4 ... {num_stages - 1} = stage{num_stages}, stride {4 * 2 ** (num_stages - 1)}; negatives count from the end)"
+    """MMSeg ``out_indices`` (0 = stage1) -> HF stage names; the core checks order and duplicates."""
+    allowed = (f"ints in 0..{num_stages - 1} (0 = stage1, stride 4 ... {num_stages - 1} = stage{num_stages}, "
+               f"stride {4 * 2 ** (num_stages - 1)}; negatives count from the end)")
     if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         out_indices = [out_indices]
-    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
-        raise ValueError(f"out_indices must be a list of {allowed}, got {out_indices!r}")
-    raw = list(out_indices)
-    if not raw:
-        raise ValueError(f"out_indices must not be empty; use {allowed}")
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
-        raise ValueError(f"out_indices must be {allowed}, got {raw}")
+    raw = list(out_indices) if isinstance(out_indices, (list, tuple)) else []
+    if not raw or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise ValueError(f"out_indices must be a non-empty list of {allowed}, got {out_indices!r}")
     bad = [i for i in raw if not -num_stages <= i < num_stages]
     if bad:
         raise ValueError(f"invalid out_indices {bad} in {raw}: ConvNeXt has {num_stages} stages, so out_indices must be {allowed}")
-    norm = [i % num_stages for i in raw]
-    if len(set(norm)) != len(norm):
-        raise ValueError(f"out_indices {raw} contain duplicates; each stage may be returned once ({allowed})")
-    if norm != sorted(norm):
-        raise ValueError(f"out_indices {raw} must be in increasing stage order, e.g. {sorted(norm)}")
-    return [f"stage{i + 1}" for i in norm]
+    names = stage_names_for(num_stages)
+    hf = [i + 1 if i >= 0 else i for i in raw]  # HF index 0 is the stem; negatives count from the end in both
+    try:
+        return resolve_out_features_out_indices(None, hf, names)[0]
+    except ValueError as e:
+        raise ValueError(f"out_indices {raw} (= {[names[i] for i in hf]}): {e}") from None
 
 
 def _backbone_config(arch, version, out_indices, out_features, drop_path_rate, layer_scale_init_value,

@@ -1,8 +1,9 @@
 # The official ConvNeXt UperNet / ADE20K recipe (facebookresearch/ConvNeXt, semantic_segmentation/):
 # AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, stage-wise lr decay 0.9, 1500-iteration
 # linear warmup (from 1e-6 x lr) then poly decay (power 1.0) to 0, 160k iterations, 16 images per
-# iteration (8 GPUs x 2), mixed precision, sliding-window test. The files next to this one add the
-# dataset (crop size), model size, drop path, batch size and ImageNet weights. Built on MMSegmentation's packaged configs.
+# iteration (8 GPUs x 2), mixed precision, sliding-window test. Built on MMSegmentation's packaged
+# configs; upernet_convnext_ade20k_{512x512,640x640}_160k.py add the dataset, crop and test window,
+# the files in configs/mmseg/ the model size, drop path and ImageNet weights.
 _base_ = [
     'mmseg::_base_/models/upernet_convnext.py',
     'mmseg::_base_/default_runtime.py',
