@@ -87,7 +87,9 @@ declare -A DESCRIBE=(
 )
 declare -A HINTS=(
   [base]="pip could not install torch/torchvision/numpy/setuptools; check network access to PyPI and scripts/constraints.txt"
-  [detectron2]="could not get or install detectron2; delete $WHEELS/$D2_WHEEL_NAME and $CACHE/downloads and retry (with CONVNEXT_D2_SOURCE=1: needs github.com and a C++ toolchain)"
+  [detectron2]="$([ "$D2_SOURCE" = 1 ] &&
+    echo "the source install needs access to github.com and a C++ toolchain (CUDA for GPU ops); without them run 'make setup' without CONVNEXT_D2_SOURCE" ||
+    echo "could not get or install detectron2; delete $WHEELS/$D2_WHEEL_NAME and $CACHE/downloads and retry")"
   [mmcv]="the mmcv build failed; read $WHEELS/mmcv-build-failed.log (needs a C++ compiler, e.g. apt-get install build-essential), delete it and retry"
   [project]="pip install -e .[all] failed or a package does not import; read the pip output above, then run '$PY -m convnext_backbone.doctor'"
 )
@@ -118,7 +120,10 @@ step_hash() {
     echo "${CHECKS[$name]}"
     for f in ${INPUTS[$name]}; do cat "$f"; done
     echo "$PY_VERSION"
-    echo "d2_source=$D2_SOURCE cache=$CACHE"
+    case $name in  # settings that change what a step installs
+      detectron2) echo "d2_source=$D2_SOURCE cache=$CACHE" ;;
+      mmcv) echo "cache=$CACHE" ;;
+    esac
   } | sha256sum | cut -d' ' -f1
 }
 
