@@ -1,0 +1,155 @@
+"""A ``DetectionCheckpointer`` whose ``MODEL.WEIGHTS`` also takes any ConvNeXt checkpoint.
+
+- A Detectron2 checkpoint of this model (``model_final.pth``, ``last_checkpoint``): loaded as
+  Detectron2 does (resume restores optimizer, scheduler and iteration), but the backbone
+  must load completely: a missing or mis-shaped backbone tensor is an error, not a warning.
+- Anything else (official classification / FCMAE / det-seg, HF, timm, mmpretrain, Detectron2
+  ``.pkl`` backbones, ``save_pretrained`` directories): converted by the core and loaded into
+  the backbone only; the log lists what was loaded and what was left at init.
+- Weights of another architecture stop with a ``CheckpointError`` that says so.
+Checkpoints are written atomically, so a run killed while saving never leaves a torn file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import numpy as np
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from convnext_backbone import CheckpointError
+from convnext_backbone.convert import convert_state_dict, load_converted, read_checkpoint
+
+from .backbone import find_convnext
+
+__all__ = ["ConvNextCheckpointer"]
+
+_OUTPUT_NORM = re.compile(r"^(norm_stem|norm\d+)\.")  # absent from classification checkpoints: fresh init is fine
+# Formats the core reads itself (fvcore would torch.load them or fail on a directory).
+_CORE_SUFFIXES = (".safetensors", ".bin", ".pkl")
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ConvNextCheckpointer(DetectionCheckpointer):
+    """Drop-in for ``DetectionCheckpointer`` on models with a ConvNeXt backbone."""
+
+    # -- reading ---------------------------------------------------------------------------------
+    def load(self, path, checkpointables=None):
+        if path and os.path.isdir(path):  # a save_pretrained / HF directory: backbone weights
+            self.logger.info(f"[ConvNextCheckpointer] Loading backbone weights from directory {path} ...")
+            self._load_backbone(read_checkpoint(path)[0], path)
+            return {}
+        return super().load(path, checkpointables)
+
+    def _load_file(self, filename: str):
+        if filename.endswith(_CORE_SUFFIXES):
+            # the core's reader: safetensors, and .pkl through an unpickler that only allows numpy
+            state, _ = read_checkpoint(filename)
+            return {"model": state, "__author__": "convnext_backbone", "__source__": filename}
+        loaded = super()._load_file(filename)
+        if not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in loaded["model"].values()):
+            # a wrapped state dict ({'state_dict': ...}, {'module': ...}): the core unwraps it
+            loaded = {"model": read_checkpoint(filename)[0]}
+        loaded["__source__"] = filename
+        return loaded
+
+    def _load_model(self, checkpoint):
+        source = checkpoint.pop("__source__", "checkpoint")
+        state = checkpoint["model"]
+        prefix, _ = find_convnext(self.model)
+        own = self.model.state_dict()
+        if self._is_detectron2_checkpoint(state, prefix, own):
+            incompatible = super()._load_model(checkpoint)
+            self._check_backbone_complete(incompatible, prefix, source)
+            return incompatible
+        checkpoint.pop("matching_heuristics", None)
+        self._load_backbone(state, source)
+        return None
+
+    @staticmethod
+    def _is_detectron2_checkpoint(state, prefix: str, own) -> bool:
+        """Saved from a Detectron2 model with this backbone: backbone and head keys both ours."""
+        keys = [k for k in state if k in own]
+        return any(k.startswith(prefix + "stages.") for k in keys) and any(not k.startswith(prefix) for k in keys)
+
+    def _check_backbone_complete(self, incompatible, prefix: str, source: str) -> None:
+        trunk_shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if k.startswith(prefix)]
+        mis_shaped = {k for k, _, _ in trunk_shapes}
+        trunk_missing = [
+            k for k in incompatible.missing_keys
+            if k.startswith(prefix) and k not in mis_shaped and not _OUTPUT_NORM.match(k[len(prefix):])
+        ]
+        if trunk_missing or trunk_shapes:
+            lines = [f"missing backbone tensor {k}" for k in trunk_missing[:10]]
+            lines += [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in trunk_shapes[:10]]
+            raise CheckpointError(
+                f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone "
+                f"(a different size or version?):\n  " + "\n  ".join(lines)
+            )
+
+    def _load_backbone(self, state, source: str) -> None:
+        prefix, trunk = find_convnext(self.model)
+        state = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}
+        try:
+            conv = convert_state_dict(state)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"MODEL.WEIGHTS {source} is neither a Detectron2 checkpoint of this model nor a ConvNeXt checkpoint "
+                f"(weights of another architecture?): {e}"
+            ) from e
+        report = load_converted(trunk, conv, strict=True, source=str(source))
+        norms = sorted({prefix + k.split(".")[0] for k in report.initialized})
+        self.logger.info(
+            f"[ConvNextCheckpointer] {source}: {conv.source_format} ConvNeXt checkpoint -> {prefix.rstrip('.') or 'model'} "
+            f"({report.summary()}).\n  loaded: {len(report.loaded)} backbone tensors"
+            f"\n  left at init: {', '.join(norms) or 'no backbone tensor'} (output norms absent from the checkpoint) and "
+            f"{', '.join(self._outside_groups(prefix)) or 'nothing else'}"
+            + (f"\n  not used: {len(report.dropped)} tensors ({', '.join(sorted({w for _, w in report.dropped}))})" if report.dropped else "")
+        )
+        self.last_load_report = report
+
+    def _outside_groups(self, prefix: str) -> list[str]:
+        """Module groups outside the trunk (FPN, RPN, ROI heads), for the load log."""
+        parent = prefix.split(".")[0]
+        groups = set()
+        for k in self.model.state_dict():
+            if k.startswith(prefix):
+                continue
+            parts = k.split(".")
+            groups.add(f"{parts[0]}.{re.sub(r'[0-9]+$', '', parts[1])}" if parts[0] == parent and len(parts) > 2 else parts[0])
+        return sorted(groups)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+
+        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)

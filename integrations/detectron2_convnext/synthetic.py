@@ -1,0 +1,156 @@
+"""A small COCO-format instance-segmentation dataset generated on disk, for the demo and tests.
+
+Coloured shapes (circle, square, triangle; each class its own hue, random size, rotation and
+position) on a noise background, written as PNG images plus ``instances_<split>.json`` with
+polygon masks, exactly the layout ``register_coco_instances`` reads. Deterministic per seed.
+A split is generated in a temporary directory and renamed into place, so an interrupted run
+never leaves a half-written dataset; an existing split with the same parameters is reused.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+__all__ = ["CATEGORIES", "SyntheticSpec", "CocoSplit", "make_coco_split", "register_coco"]
+
+CATEGORIES = ("circle", "square", "triangle")
+_HUES = {"circle": (225, 70, 60), "square": (70, 200, 80), "triangle": (70, 100, 235)}  # RGB
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    num_images: int = 64
+    image_size: int = 128
+    min_objects: int = 1
+    max_objects: int = 3
+    min_size: float = 0.18  # object diameter as a fraction of the image side
+    max_size: float = 0.42
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CocoSplit:
+    json_file: str
+    image_root: str
+    num_images: int
+    num_annotations: int
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    n = {"circle": 32, "square": 4, "triangle": 3}[shape]
+    start = angle + (math.pi / 4 if shape == "square" else 0.0)
+    return [(cx + r * math.cos(start + 2 * math.pi * i / n), cy + r * math.sin(start + 2 * math.pi * i / n)) for i in range(n)]
+
+
+def _area(poly: list[tuple[float, float]]) -> float:
+    xs, ys = np.array(poly).T
+    return float(abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) / 2)
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """Smooth coloured blobs plus pixel noise: objects must be found by shape and colour, not by contrast alone."""
+    coarse = rng.uniform(40, 200, size=(4, 4, 3)).astype(np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32)
+    noisy = base * 0.6 + rng.normal(60, 25, size=(size, size, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def _iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _render(rng: np.random.Generator, spec: SyntheticSpec, image_id: int):
+    s = spec.image_size
+    img = _background(rng, s)
+    draw = ImageDraw.Draw(img)
+    anns, boxes = [], []
+    for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
+        for _attempt in range(20):  # place without heavy overlap
+            shape = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+            r = rng.uniform(spec.min_size, spec.max_size) * s / 2
+            cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
+            poly = _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            box = (min(xs), min(ys), max(xs), max(ys))
+            if all(_iou(box, b) < 0.15 for b in boxes):
+                break
+        else:
+            continue
+        colour = tuple(int(np.clip(c + rng.normal(0, 15), 0, 255)) for c in _HUES[shape])
+        draw.polygon(poly, fill=colour)
+        boxes.append(box)
+        anns.append({
+            "image_id": image_id,
+            "category_id": CATEGORIES.index(shape) + 1,
+            "segmentation": [[round(v, 2) for p in poly for v in p]],
+            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+            "area": round(_area(poly), 2),
+            "iscrowd": 0,
+        })
+    return img, anns
+
+
+def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = SyntheticSpec(), progress: bool = True) -> CocoSplit:
+    """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``; reuse if identical."""
+    root = Path(root)
+    image_root, json_file = root / split, root / "annotations" / f"instances_{split}.json"
+    params = dict(asdict(spec), split=split, generator="detectron2_convnext.synthetic/1")
+    if json_file.is_file() and image_root.is_dir():
+        existing = json.loads(json_file.read_text())
+        if existing.get("info", {}).get("params") == params:
+            return CocoSplit(str(json_file), str(image_root), len(existing["images"]), len(existing["annotations"]))
+    rng = np.random.default_rng(spec.seed)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{split}."))
+    try:
+        images, annotations = [], []
+        for i in tqdm(range(spec.num_images), desc=f"generating {split}", unit="img", disable=not progress, leave=False):
+            img, anns = _render(rng, spec, image_id=i + 1)
+            name = f"{i:06d}.png"
+            img.save(tmp / name)
+            images.append({"id": i + 1, "file_name": name, "height": spec.image_size, "width": spec.image_size})
+            for a in anns:
+                annotations.append(dict(a, id=len(annotations) + 1))
+        coco = {
+            "info": {"description": "synthetic shapes (detectron2_convnext.synthetic)", "params": params},
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)],
+        }
+        (tmp / "instances.json").write_text(json.dumps(coco))
+        if image_root.exists():
+            shutil.rmtree(image_root)
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / "instances.json", tmp.with_suffix(".json"))
+        os.replace(tmp, image_root)
+        os.replace(tmp.with_suffix(".json"), json_file)  # last: the json marks the split complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.with_suffix(".json").unlink(missing_ok=True)
+    return CocoSplit(str(json_file), str(image_root), len(images), len(annotations))
+
+
+def register_coco(name: str, json_file: str, image_root: str) -> str:
+    """``register_coco_instances`` unless ``name`` is already registered with these files."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if (getattr(meta, "json_file", None), getattr(meta, "image_root", None)) != (str(json_file), str(image_root)):
+            raise ValueError(f"dataset {name!r} is already registered with other files ({getattr(meta, 'json_file', None)})")
+        return name
+    register_coco_instances(name, {}, str(json_file), str(image_root))
+    return name
