@@ -206,6 +206,24 @@ def test_bad_config_stops_with_a_message_naming_the_problem(options, message, tm
     assert re.search(message, err), err
 
 
+def test_command_line_flags_reach_the_config(tmp_path):
+    from mmseg_convnext.train import build_parser, load_config
+
+    recipe = REPO / "configs" / "mmseg" / "upernet_convnextv2_atto_512x512_160k_ade20k.py"
+    ckpt = tmp_path / "iter_8.pth"
+    ckpt.write_bytes(b"")
+    cfg = load_config(build_parser().parse_args([str(recipe), "--no-amp", "--resume", str(ckpt), "--work-dir", str(tmp_path)]))
+    assert cfg.optim_wrapper.type == "OptimWrapper" and "loss_scale" not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.constructor == "ConvNeXtV2LearningRateDecayOptimizerConstructor"
+    assert cfg.resume is True and cfg.load_from == str(ckpt) and cfg.work_dir == str(tmp_path) and cfg.launcher == "none"
+    cfg = load_config(build_parser().parse_args([str(SMOKE), "--amp", "--resume", "--launcher", "pytorch",
+                                                 "--cfg-options", "model.backbone.with_cp=True"]))
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == "dynamic"
+    assert cfg.resume is True and cfg.get("load_from") is None and cfg.launcher == "pytorch"
+    assert cfg.model.backbone.with_cp is True
+    assert cfg.work_dir == os.path.join("./work_dirs", SMOKE.stem)
+
+
 def test_missing_config_or_checkpoint_is_reported(tmp_path, capsys):
     assert train_main([str(tmp_path / "nope.py")]) == 2
     assert "config file not found" in capsys.readouterr().err
