@@ -7,6 +7,8 @@ keys on these names, works unchanged. Every other layout is converted in ``conve
 """
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -24,6 +26,7 @@ __all__ = [
     "ConvNextForImageClassification",
     "build_backbone",
     "output_norm_name",
+    "release_workspace",
 ]
 
 LN_EPS = 1e-6  # every LayerNorm inside ConvNeXt (official, timm, HF) uses 1e-6
@@ -52,6 +55,23 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """Sum of x*x over dim 1 of (N, L, C), in slices without autograd.
+
+    A whole-tensor ``x * x`` is a fresh 4x-wide allocation per block; large CPU allocations are
+    fresh pages from the kernel each time, which costs about as much as the arithmetic.
+    """
+    n, length, c = x.shape
+    step = max(1, (1 << 20) // c)
+    if length <= step or torch.is_grad_enabled() and x.requires_grad:
+        return (x * x).sum(dim=1)
+    acc = torch.zeros(n, c, dtype=x.dtype, device=x.device)
+    for i in range(0, length, step):
+        part = x[:, i:i + step]
+        acc += (part * part).sum(dim=1)
+    return acc
+
+
 class GRN(nn.Module):
     """Global Response Normalization (ConvNeXt V2) on NHWC input; official (1,1,1,C) parameters.
 
@@ -68,8 +88,7 @@ class GRN(nn.Module):
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C) factor; the L2 norm over space as sqrt(sum(x*x)), ~6x faster than vector_norm on CPU."""
         n, c = x.shape[0], x.shape[-1]
-        x = x.reshape(n, -1, c)
-        gx = (x * x).sum(dim=1).sqrt()
+        gx = _sum_of_squares(x.reshape(n, -1, c)).sqrt()
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
         return 1.0 + self.gamma.reshape(1, c) * nx
 
@@ -103,8 +122,9 @@ class Block(nn.Module):
     scale is folded into the last projection's weights. GRN is a per-sample channel scale plus a
     shift, so it is folded into per-sample weights of that projection: one reduction over the
     4x-wide hidden tensor instead of a norm and three elementwise passes. On channels_last input
-    the permutes are free views and the residual add happens inside the last GEMM (V2) or in
-    place (V1, no autograd).
+    the permutes are free views, and the bias and residual are summed first so that the last
+    GEMM accumulates into them. In plain CPU inference the hidden tensor lives in a reused
+    per-thread workspace with GELU in place (see ``_plain_eager_inference``).
     """
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 0.0, use_grn: bool = False):
@@ -120,29 +140,76 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
-        h = self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1))))
-        fuse_residual = not (self.training and isinstance(self.drop_path, DropPath))
+        t = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        plain = _plain_eager_inference(x, self.pwconv1.weight)
+        if plain:
+            # The 4x-wide hidden tensor goes into a reused per-thread buffer and GELU runs in
+            # place: a fresh large CPU allocation is new pages from the kernel every time.
+            t = t.reshape(-1, c)
+            buf = _workspace(t.shape[0] * 4 * c, t.dtype).view(t.shape[0], 4 * c)
+            h = _gelu_(torch.addmm(self.pwconv1.bias, t, self.pwconv1.weight.t(), out=buf))
+        else:
+            h = self.act(self.pwconv1(t))
+        c4 = h.shape[-1]
         if self.grn is not None:
-            c4 = h.shape[-1]
             h = h.reshape(n, hh * ww, c4)
             w = self.pwconv2.weight
             ws = self.grn.scale(h).unsqueeze(-1) * w.t()  # (N, C4, C): GRN folded into the projection
             b = F.linear(self.grn.beta.reshape(1, c4), w, self.pwconv2.bias)
-            if fuse_residual:
-                shortcut = x.permute(0, 2, 3, 1).reshape(n, hh * ww, c)  # a view on channels_last input
-                return torch.baddbmm(shortcut + b, h, ws).view(n, hh, ww, c).permute(0, 3, 1, 2)
-            y = torch.baddbmm(b, h, ws).view(n, hh, ww, c)
         else:
+            h = h.reshape(n * hh * ww, c4)
             w, b = self.pwconv2.weight, self.pwconv2.bias
             if self.gamma is not None:
                 w, b = w * self.gamma[:, None], b * self.gamma
-            y = F.linear(h, w, b)
-        y = y.permute(0, 3, 1, 2)
-        if not fuse_residual:
-            return x + self.drop_path(y)
-        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-            return x + y
-        return y.add_(x)
+            ws = w.t()
+        if self.training and isinstance(self.drop_path, DropPath):
+            y = torch.baddbmm(b, h, ws) if self.grn is not None else torch.addmm(b, h, ws)
+            return x + self.drop_path(y.view(n, hh, ww, c).permute(0, 3, 1, 2))
+        # residual + bias first, then the GEMM accumulates into it: no separate add pass
+        shortcut = x.permute(0, 2, 3, 1).reshape(n, hh * ww, c)  # a view on channels_last input
+        if self.grn is None:
+            shortcut = shortcut.reshape(-1, c)
+        acc = shortcut + b
+        if plain:  # in place saves an allocation; autocast and autograd want the functional form
+            y = acc.baddbmm_(h, ws) if self.grn is not None else acc.addmm_(h, ws)
+        else:
+            y = torch.baddbmm(acc, h, ws) if self.grn is not None else torch.addmm(acc, h, ws)
+        return y.view(n, hh, ww, c).permute(0, 3, 1, 2)
+
+
+_gelu_ = getattr(torch.ops.aten, "gelu_", None)
+_thread_state = threading.local()
+
+
+def _plain_eager_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CPU, no autograd, no tracing/compiling/export: in-place tricks are invisible here."""
+    return (
+        x.device.type == "cpu"
+        and _gelu_ is not None
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A per-thread CPU buffer that only grows; ``release_workspace()`` frees it."""
+    bufs = getattr(_thread_state, "buffers", None)
+    if bufs is None:
+        bufs = _thread_state.buffers = {}
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < numel:
+        bufs.pop(dtype, None)
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free this thread's inference workspace (it holds the largest 4x-wide activation seen)."""
+    _thread_state.buffers = {}
 
 
 class _ConvNextTrunk(nn.Module):

@@ -236,3 +236,59 @@ def test_classifier_model_shapes():
     model = ConvNextForImageClassification(ConvNextV2Config.from_preset("atto", num_labels=7)).eval()
     out = model(torch.randn(2, 3, 64, 64))
     assert tuple(out.logits.shape) == (2, 7) and tuple(out.pooler_output.shape) == (2, 320)
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
+def test_inference_fast_path_equals_autograd_path(name):
+    """The in-place/workspace inference path and the autograd path compute the same maps."""
+    model = randomize_(build_backbone(name, out_indices=[0, 1, 2, 3, 4])).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fast = model(x).feature_maps
+    slow = model(x.clone().requires_grad_()).feature_maps
+    assert max_abs_diff(fast, [s.detach() for s in slow]) < 1e-5
+    with torch.no_grad():  # the reused workspace does not leak between calls of different sizes
+        small = model(torch.randn(1, 3, 32, 32)).feature_maps
+        again = model(x).feature_maps
+    assert max_abs_diff(fast, again) == 0 and small[-1].shape[-1] == 1
+
+
+def test_concurrent_inference_threads_get_their_own_workspace():
+    import threading
+
+    model = randomize_(build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])).eval()
+    inputs = [torch.randn(1, 3, 64 + 32 * i, 64) for i in range(4)]
+    with torch.no_grad():
+        expected = [model(x).feature_maps for x in inputs]
+    results = {}
+
+    def run(i):
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = model(inputs[i]).feature_maps
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert max_abs_diff(results[i], expected[i]) == 0
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
+def test_bfloat16_autocast_inference_and_training(name):
+    model = randomize_(build_backbone(name, out_indices=[1, 2, 3, 4])).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).feature_maps
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).feature_maps
+    assert all(f.dtype == torch.bfloat16 for f in low)
+    for a, b in zip(ref, low):
+        assert (a - b.float()).abs().max() < 0.1 * a.abs().max()  # bf16 has 8 bits of mantissa
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(f.float().pow(2).mean() for f in model(x).feature_maps)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
