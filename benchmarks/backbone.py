@@ -1,0 +1,327 @@
+"""Backbone benchmark: ours vs timm ``features_only`` vs HF ``ConvNextBackbone``/``ConvNextV2Backbone``.
+
+``python -m benchmarks.backbone`` (``make bench``) runs the default comparison: V1 tiny, V2 tiny
+and V2 atto at 1x3x512x512 and 2x3x800x1216, inference and training step, interleaved repeats
+(round-robin over the implementations, rotating who goes first), after checking that each pair
+computes the same features. It prints a markdown table, optional JSON, and the ratios vs the
+best peer last. ``--quick`` is a seconds-long smoke run. See ``--help`` for the knobs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import frameworks, report
+from .measure import PeakMemory, autocast_context, forward_flops, make_step, set_mode, summarize, time_once
+from .peers import Impl, build_impls, checkpointed_copy, max_abs_diff, model_label, resolve_model_name
+
+DEFAULTS = {
+    "models": "convnext_tiny,convnextv2_tiny,convnextv2_atto",
+    "shapes": "1x3x512x512,2x3x800x1216",
+    "modes": "infer,train",
+    "repeats": 2,
+    "warmup": 1,
+    "frameworks": "d2,mmseg",
+}
+QUICK = {
+    "models": "convnextv2_atto",
+    "shapes": "1x3x64x96",
+    "modes": "infer,train",
+    "repeats": 1,
+    "warmup": 1,
+    "frameworks": "d2,mmseg",
+}
+CHECK_SHAPE = (1, 3, 160, 224)  # equivalence check input: small, not a multiple of 32 in width/height ratio
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    parts = text.lower().split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1 or min(shape[2:]) < 32:
+        raise ValueError(f"bad shape {text!r}: expected NxCxHxW with C=3 and H, W >= 32, e.g. 2x3x800x1216")
+    return shape  # type: ignore[return-value]
+
+
+def shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backbone", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", help=f"comma-separated presets or labels, or 'none' for the framework lines only "
+                                    f"(default {DEFAULTS['models']})")
+    p.add_argument("--shapes", help=f"comma-separated NxCxHxW (default {DEFAULTS['shapes']})")
+    p.add_argument("--modes", help="comma-separated subset of infer,train (default both)")
+    p.add_argument("--repeats", type=int, help=f"timed runs per implementation (default {DEFAULTS['repeats']})")
+    p.add_argument("--warmup", type=int, help=f"untimed runs first, the last one measures peak memory (default {DEFAULTS['warmup']})")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="bfloat16/float16 run under torch.autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels_last input and weights for every implementation")
+    p.add_argument("--compile", action="store_true", help="torch.compile ours (compilation happens in the warmup)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default, all cores)")
+    p.add_argument("--ckpt-shapes", default=None,
+                   help="shapes at which ours is also run with gradient checkpointing in training mode "
+                        "(default: the largest shape; 'none' to skip)")
+    p.add_argument("--frameworks", help="comma-separated subset of d2,mmseg, or 'none' (default d2,mmseg)")
+    p.add_argument("--framework-repeats", type=int, default=1,
+                   help="timed runs of each framework line (a Mask R-CNN / UperNet step takes tens of seconds on 2 cores)")
+    p.add_argument("--framework-model", default=None, help="preset for the framework lines (default convnext_tiny; --quick: convnextv2_atto)")
+    p.add_argument("--profile", action="store_true", help="print a per-op profile of ours (top 15 by self time) per model/shape/mode")
+    p.add_argument("--json", type=Path, default=None, help="write all results (every sample) to this JSON file")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: V2-A at 1x3x64x96, 1 repeat")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults (quick or full) and validate; ValueError names what is allowed."""
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.models = [] if args.models.strip().lower() == "none" else [resolve_model_name(m) for m in _csv(args.models)]
+    args.shapes = [parse_shape(s) for s in _csv(args.shapes)]
+    args.modes = _csv(args.modes)
+    bad = [m for m in args.modes if m not in ("infer", "train")]
+    if bad or not args.modes:
+        raise ValueError(f"--modes must be a comma-separated subset of infer,train; got {args.modes}")
+    if not args.shapes:
+        raise ValueError("--shapes must name at least one NxCxHxW shape")
+    if args.repeats < 1 or args.warmup < 1 or args.framework_repeats < 1:
+        raise ValueError(f"--repeats, --framework-repeats and --warmup must be >= 1 (the last warmup run measures peak "
+                         f"memory); got repeats={args.repeats}, framework-repeats={args.framework_repeats}, warmup={args.warmup}")
+    if args.ckpt_shapes is None:
+        args.ckpt_shapes = [max(args.shapes, key=lambda s: s[0] * s[2] * s[3])]
+    elif args.ckpt_shapes.strip().lower() == "none":
+        args.ckpt_shapes = []
+    else:
+        args.ckpt_shapes = [parse_shape(s) for s in _csv(args.ckpt_shapes)]
+    fw = [] if args.frameworks.strip().lower() == "none" else _csv(args.frameworks)
+    unknown = [f for f in fw if f not in frameworks.PIPELINES]
+    if unknown:
+        raise ValueError(f"--frameworks must be a subset of {','.join(frameworks.PIPELINES)} or 'none'; unknown: {unknown}")
+    args.frameworks = fw
+    args.framework_model = resolve_model_name(args.framework_model or ("convnextv2_atto" if args.quick else "convnext_tiny"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def _to_device(impl: Impl, args: argparse.Namespace) -> None:
+    impl.model.to(args.device)
+    if args.channels_last:
+        impl.model.to(memory_format=torch.channels_last)
+
+
+def _compile_ours(impl: Impl) -> Impl:
+    compiled = torch.compile(impl.model)
+    return Impl(impl.name, impl.model, lambda x: compiled(x).feature_maps, impl.is_peer)
+
+
+def _make_input(shape: tuple[int, ...], args: argparse.Namespace, seed: int) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(args.device)
+    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+
+
+def run_checks(pairs: list[tuple[str, Impl, Impl]], label: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each pair must produce the same features (fp32, eval) before we time them."""
+    x = _make_input(CHECK_SHAPE, args, args.seed + 1)
+    tol_rel = 1e-4 if args.device == "cpu" else 5e-3  # cuDNN convolutions use TF32 by default
+    rows = []
+    for desc, ours, peer in pairs:
+        with torch.inference_mode():
+            diff, ref = max_abs_diff(list(ours.features(x)), list(peer.features(x)))
+        ok = diff <= tol_rel * max(1.0, ref)
+        print(f"check {label} {desc}: max abs diff {diff:.2e} (max |feature| {ref:.2f}) {'OK' if ok else 'MISMATCH'}", flush=True)
+        rows.append({"model": label, "pair": desc, "input": shape_str(CHECK_SHAPE), "max_abs_diff": diff, "max_abs_ref": ref, "ok": ok})
+        if not ok:
+            raise SystemExit(f"{label} {desc}: the implementations disagree (max abs diff {diff:.3e} > {tol_rel:g} x "
+                             f"max(1, {ref:.3f})); timing them side by side would compare different computations")
+    return rows
+
+
+def run_group(impls: list[Impl], x: torch.Tensor, mode: str, args: argparse.Namespace, memory: PeakMemory,
+              progress) -> dict[str, dict[str, Any]]:
+    """Warmup (the last warmup run measures memory), then interleaved timed repeats."""
+    ac = autocast_context(args.device, args.dtype)
+    steps = {}
+    for impl in impls:
+        set_mode(impl.model, mode)
+        steps[impl.name] = make_step(impl.model, impl.features, x, mode, ac)
+    out: dict[str, dict[str, Any]] = {impl.name: {"times_s": []} for impl in impls}
+    for w in range(args.warmup):
+        for impl in impls:
+            progress.set_postfix_str(f"{impl.name} warmup")
+            if w == args.warmup - 1:
+                dt, peak = memory.measure(steps[impl.name])
+                out[impl.name].update(warmup_s=dt, peak_mem_mib=peak)
+            else:
+                time_once(steps[impl.name], args.device)
+            progress.update(1)
+    timed = [impl for impl in impls if impl.timed]
+    n = len(timed)
+    for r in range(args.repeats):
+        for impl in timed[r % n:] + timed[:r % n]:
+            progress.set_postfix_str(f"{impl.name} repeat {r + 1}/{args.repeats}")
+            out[impl.name]["times_s"].append(time_once(steps[impl.name], args.device))
+            progress.update(1)
+    for impl in impls:
+        set_mode(impl.model, "infer")
+        if impl.timed:
+            out[impl.name].update(summarize(out[impl.name]["times_s"]))
+    return out
+
+
+def profile_ours(ours: Impl, x: torch.Tensor, mode: str, title: str, args: argparse.Namespace) -> str:
+    """One profiled step of ours after the timed runs: where the time goes, by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    set_mode(ours.model, mode)
+    step = make_step(ours.model, ours.features, x, mode, autocast_context(args.device, args.dtype))
+    with profile(activities=acts) as prof:
+        time_once(step, args.device)
+    set_mode(ours.model, "infer")
+    key = "self_cpu_time_total" if args.device == "cpu" else "self_cuda_time_total"
+    return f"profile of ours, {title} (top 15 by {key}):\n" + prof.key_averages().table(sort_by=key, row_limit=15)
+
+
+def _meta(args: argparse.Namespace, memory: PeakMemory) -> dict[str, Any]:
+    import timm
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()) \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.backbone"] + sys.argv[1:]),
+        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+        "transformers": transformers.__version__, "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu,
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": args.dtype,
+        "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats, "warmup": args.warmup,
+        "memory_method": memory.method, "ours_timed_with_output_norms": True,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_start": _loadavg(),
+    }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def warn_if_busy(args: argparse.Namespace) -> str | None:
+    """A CPU run on a machine already busy: say how that distorts the numbers and what helps."""
+    load = _loadavg()
+    if args.device != "cpu" or load is None or load[0] < 0.5 * (os.cpu_count() or 1):
+        return None
+    msg = (f"warning: load average {load[0]:.1f} on {os.cpu_count()} cores before starting: other processes compete for "
+           f"the CPU. Only ratios within this run are meaningful.")
+    if torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        msg += (" OpenMP threads spin-wait at every parallel op by default, and on an oversubscribed machine that can make "
+                "small ops 10-100x slower; set OMP_WAIT_POLICY=PASSIVE (or --threads 1) for steadier numbers.")
+    return msg
+
+
+def total_runs(args: argparse.Namespace) -> int:
+    n = 0
+    for shape in args.shapes:
+        for mode in args.modes:
+            n += 3 * (args.warmup + args.repeats) + (args.warmup if mode == "train" and shape in args.ckpt_shapes else 0)
+    return n * len(args.models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args = resolve_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    memory = PeakMemory(args.device)
+    results: dict[str, Any] = {"meta": _meta(args, memory), "checks": [], "results": [], "frameworks": []}
+    print(f"torch {torch.__version__}, {results['meta']['device_name']}, {torch.get_num_threads()} threads, {args.dtype}"
+          f"{', channels_last' if args.channels_last else ''}{', compiled ours' if args.compile else ''}; "
+          f"warmup {args.warmup}, repeats {args.repeats}", flush=True)
+    busy = warn_if_busy(args)
+    if busy:
+        print(busy, flush=True)
+    profiles: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp, \
+            tqdm(total=total_runs(args), desc="benchmark", unit="run", file=sys.stderr) as progress:
+        for name in args.models:
+            label = model_label(name)
+            impls, pairs = build_impls(name, Path(tmp), seed=args.seed)
+            for impl in impls + [pairs[0][1]]:
+                _to_device(impl, args)
+            if args.compile:
+                impls[0] = _compile_ours(impls[0])
+                pairs[1] = (pairs[1][0], impls[0], pairs[1][2])
+            results["checks"] += run_checks(pairs, label, args)
+            del pairs
+            for shape in args.shapes:
+                x = _make_input(shape, args, args.seed)
+                flops = forward_flops(impls[0].model, shape)
+                for mode in args.modes:
+                    group = list(impls)
+                    if mode == "train" and shape in args.ckpt_shapes:
+                        group.append(checkpointed_copy(impls[0]))
+                        _to_device(group[-1], args)
+                    progress.set_description(f"{label} {mode} {shape_str(shape)}")
+                    out = run_group(group, x, mode, args, memory, progress)
+                    for impl in group:
+                        row = {"model": name, "label": label, "shape": shape_str(shape), "mode": mode, "impl": impl.name,
+                               "is_peer": impl.is_peer, **out[impl.name]}
+                        if impl.name == "ours" and mode == "infer" and flops:
+                            row["forward_gflop"] = flops / 1e9
+                        results["results"].append(row)
+                    progress.write(report.group_line(label, shape_str(shape), mode, out))
+                    if args.profile:
+                        profiles.append(profile_ours(impls[0], x, mode, f"{label} {mode} {shape_str(shape)}", args))
+                        progress.write(profiles[-1])
+                del x
+            del impls
+        for key in args.frameworks:
+            results["frameworks"].append(frameworks.run(key, args, memory, progress))
+    results["meta"]["loadavg_end"] = _loadavg()
+    results["ratios"] = report.ratios(results["results"])
+    results["checkpointing"] = report.checkpointing(results["results"])
+    results["profiles"] = profiles
+    print()
+    print(report.render(results))
+    if args.json:
+        report.write_json(results, args.json)
+        print(f"\nwrote {args.json}")
+    print()
+    print(report.render_ratios(results["ratios"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
