@@ -175,6 +175,14 @@ def _strip_prefix(key: str) -> tuple[str, str]:
     return key, removed
 
 
+def _apply_rules(k: str, rules: list[tuple[str, str]]) -> str | None:
+    """First matching (pattern, replacement) renames ``k``; None if no rule applies."""
+    for pat, rep in rules:
+        if re.match(pat, k):
+            return re.sub(pat, rep, k)
+    return None
+
+
 def _hf_key(k: str) -> str | None:
     k = re.sub(r"^(convnext|convnextv2)\.", "", k)
     if k.startswith("stages."):  # `encoder.` was taken off with the other wrapper prefixes
@@ -192,13 +200,10 @@ def _hf_key(k: str) -> str | None:
         (r"^layernorm\.", "norm."),
         (r"^classifier\.", "head."),
     ]
-    for pat, rep in rules:
-        if re.match(pat, k):
-            return re.sub(pat, rep, k)
     m = re.match(r"^hidden_states_norms\.stage(\d+)\.(.*)$", k)
     if m:
         return f"norm{int(m.group(1)) - 1}.{m.group(2)}"
-    return None
+    return _apply_rules(k, rules)
 
 
 def _timm_key(k: str) -> str | None:
@@ -214,10 +219,7 @@ def _timm_key(k: str) -> str | None:
         (r"^head\.norm\.", "norm."),
         (r"^head\.fc\.", "head."),
     ]
-    for pat, rep in rules:
-        if re.match(pat, k):
-            return re.sub(pat, rep, k)
-    return None
+    return _apply_rules(k, rules)
 
 
 def _mmpretrain_key(k: str) -> str | None:
@@ -229,10 +231,7 @@ def _mmpretrain_key(k: str) -> str | None:
         (r"^(norm\d+)\.", r"\1."),
         (r"^head\.fc\.", "head."),
     ]
-    for pat, rep in rules:
-        if re.match(pat, k):
-            return re.sub(pat, rep, k)
-    return None
+    return _apply_rules(k, rules)
 
 
 def _official_key(k: str) -> str | None:
