@@ -8,8 +8,11 @@ interleaved for ``--repeats`` rounds:
            batches under inference_mode: the model alone;
   export:  ``convnext-backbone export`` on the folder into a fresh directory: decode, letterbox
            (DataLoader workers), forward, serialise + sha256 + fsync'd atomic writes + manifest.
-Reports images/s of both (best round), the ratio, and the export's end-to-end wall time
-(including DataLoader start-up and the manifest merge).
+Reports images/s of both (best round), the ratio, the export's end-to-end rate (including
+DataLoader start-up and the manifest merge), and images per CPU-second of each (process +
+DataLoader workers), and the share of the export loop's wall time spent in the model forward
+(measured inside the same run, so it is robust to load drifting between rounds on a shared
+machine: 1 - share is the overhead the pipeline fails to hide).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -43,26 +47,35 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(img).save(root / f"img{i:04d}.jpg", quality=90)
 
 
-def bench_forward(model, batches: list[torch.Tensor]) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its reaped children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_forward(model, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """-> (images/s, images per CPU-second)."""
     n = sum(b.shape[0] for b in batches)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     with torch.inference_mode():
         for b in batches:
             model.forward_dict(b)
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t), n / (cpu_seconds() - c)
 
 
-def bench_export(weights: Path, src: Path, out: Path, args) -> tuple[float, float]:
+def bench_export(weights: Path, src: Path, out: Path, args) -> tuple[float, float, float, float]:
+    """-> (images/s over the processing loop, images/s end to end, images per CPU-second end to end,
+    share of the loop's wall time spent in the model forward)."""
     shutil.rmtree(out, ignore_errors=True)
     argv = ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", str(args.size),
             "--features", args.features, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
             "--no-progress"]
     ns = build_parser("export").parse_args(argv)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     stats = run_export(ns)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, cpu_seconds() - c
     assert stats["total"]["written"] == args.images, stats
-    return args.images / stats["loop_s"], args.images / wall
+    return args.images / stats["loop_s"], args.images / wall, args.images / cpu, stats["forward_s"] / stats["loop_s"]
 
 
 def main() -> None:
@@ -87,13 +100,19 @@ def main() -> None:
         box = Letterbox(args.size)
         pixels = [box(load_image(p)[0])[0] for p in sorted(src.glob("*.jpg"))]
         batches = [torch.stack(pixels[i:i + args.batch_size]) for i in range(0, len(pixels), args.batch_size)]
-        fwd, exp_loop, exp_wall = [], [], []
+        fwd, fwd_cpu, exp_loop, exp_wall, exp_cpu, share = [], [], [], [], [], []
         for r in range(args.repeats):
-            fwd.append(bench_forward(model, batches))
-            loop, wall = bench_export(weights, src, tmp / "out", args)
+            rate, per_cpu = bench_forward(model, batches)
+            fwd.append(rate)
+            fwd_cpu.append(per_cpu)
+            loop, wall, per_cpu, forward_share = bench_export(weights, src, tmp / "out", args)
+            share.append(forward_share)
             exp_loop.append(loop)
             exp_wall.append(wall)
-            print(f"round {r}: forward {fwd[-1]:.2f} img/s, export {loop:.2f} img/s (end-to-end {wall:.2f} img/s)", flush=True)
+            exp_cpu.append(per_cpu)
+            print(f"round {r}: forward {fwd[-1]:.3f} img/s ({fwd_cpu[-1]:.3f} img/CPU-s), export {loop:.3f} img/s "
+                  f"(end-to-end {wall:.3f} img/s, {per_cpu:.3f} img/CPU-s), ratio {loop / fwd[-1]:.3f}, "
+                  f"forward share of the export loop {forward_share:.3f}", flush=True)
         mb = sum(f.stat().st_size for f in (tmp / "out" / "features").rglob("*")) / 1e6
         res = {
             "preset": args.preset, "images": args.images, "size": args.size, "batch_size": args.batch_size,
@@ -101,10 +120,15 @@ def main() -> None:
             "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "forward_img_s": max(fwd), "export_img_s": max(exp_loop), "export_end_to_end_img_s": max(exp_wall),
             "ratio": max(exp_loop) / max(fwd), "ratio_end_to_end": max(exp_wall) / max(fwd), "output_mb": mb,
+            "forward_img_per_cpu_s": max(fwd_cpu), "export_img_per_cpu_s": max(exp_cpu),
+            "cpu_ratio": max(exp_cpu) / max(fwd_cpu),
+            "round_ratios": [e / f for e, f in zip(exp_loop, fwd)],
+            "export_forward_share": share,
         }
         print(json.dumps(res, indent=2))
-        print(f"export / forward = {res['ratio']:.3f}x (end-to-end incl. start-up: {res['ratio_end_to_end']:.3f}x), "
-              f"{mb:.0f} MB written")
+        print(f"export / forward = {res['ratio']:.3f}x (end-to-end incl. start-up: {res['ratio_end_to_end']:.3f}x; "
+              f"per CPU-second: {res['cpu_ratio']:.3f}x; the model forward is {min(share):.1%}-{max(share):.1%} of the "
+              f"export loop's wall time), {mb:.0f} MB written")
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     finally:

@@ -256,8 +256,10 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
         writer = _Writer(out, args.format, strides, part, tmp_dir, dist.rank)
-        stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
-        part.close()
+        try:
+            stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
+        finally:
+            part.close()
 
         all_stats = dist.gather(stats)
         if dist.rank == 0:
