@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="bfloat16/float16 run under torch.autocast")
     p.add_argument("--channels-last", action="store_true", help="channels_last input and weights for every implementation")
-    p.add_argument("--compile", action="store_true", help="torch.compile ours (compilation happens in the warmup)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile ours (compilation happens in the warmup, which is then at least 2 runs)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default, all cores)")
     p.add_argument("--ckpt-shapes", default=None,
                    help="shapes at which ours is also run with gradient checkpointing in training mode "
@@ -108,6 +109,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.repeats < 1 or args.warmup < 1 or args.framework_repeats < 1:
         raise ValueError(f"--repeats, --framework-repeats and --warmup must be >= 1 (the last warmup run measures peak "
                          f"memory); got repeats={args.repeats}, framework-repeats={args.framework_repeats}, warmup={args.warmup}")
+    if args.compile and args.warmup < 2:
+        args.warmup = 2  # the first run compiles; peak memory is measured on the last warmup, after it
     if args.ckpt_shapes is None:
         args.ckpt_shapes = [max(args.shapes, key=lambda s: s[0] * s[2] * s[3])]
     elif args.ckpt_shapes.strip().lower() == "none":
@@ -134,7 +137,7 @@ def _to_device(impl: Impl, args: argparse.Namespace) -> None:
 
 
 def _compile_ours(impl: Impl) -> Impl:
-    compiled = torch.compile(impl.model)
+    compiled = torch.compile(impl.model, dynamic=False)  # one static graph per shape; dynamic shapes trip inductor here
     return Impl(impl.name, impl.model, lambda x: compiled(x).feature_maps, impl.is_peer)
 
 
@@ -145,6 +148,8 @@ def _make_input(shape: tuple[int, ...], args: argparse.Namespace, seed: int) -> 
 
 def run_checks(pairs: list[tuple[str, Impl, Impl]], label: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each pair must produce the same features (fp32, eval) before we time them."""
+    from tqdm import tqdm
+
     x = _make_input(CHECK_SHAPE, args, args.seed + 1)
     tol_rel = 1e-4 if args.device == "cpu" else 5e-3  # cuDNN convolutions use TF32 by default
     rows = []
@@ -152,7 +157,7 @@ def run_checks(pairs: list[tuple[str, Impl, Impl]], label: str, args: argparse.N
         with torch.inference_mode():
             diff, ref = max_abs_diff(list(ours.features(x)), list(peer.features(x)))
         ok = diff <= tol_rel * max(1.0, ref)
-        print(f"check {label} {desc}: max abs diff {diff:.2e} (max |feature| {ref:.2f}) {'OK' if ok else 'MISMATCH'}", flush=True)
+        tqdm.write(f"check {label} {desc}: max abs diff {diff:.2e} (max |feature| {ref:.2f}) {'OK' if ok else 'MISMATCH'}")
         rows.append({"model": label, "pair": desc, "input": shape_str(CHECK_SHAPE), "max_abs_diff": diff, "max_abs_ref": ref, "ok": ok})
         if not ok:
             raise SystemExit(f"{label} {desc}: the implementations disagree (max abs diff {diff:.3e} > {tol_rel:g} x "
@@ -221,8 +226,23 @@ def _meta(args: argparse.Namespace, memory: PeakMemory) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": args.dtype,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats, "warmup": args.warmup,
         "memory_method": memory.method, "ours_timed_with_output_norms": True,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_start": _loadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_start": _loadavg(), **_git_state(),
     }
+
+
+def _git_state() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether the core differs from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "convnext_backbone"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "core_modified": None}
+    return {"git_commit": commit or None, "core_modified": bool(dirty)}
 
 
 def _loadavg() -> list[float] | None:

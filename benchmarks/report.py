@@ -72,7 +72,8 @@ def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [] if not results["results"] else [
         f"## Backbone: ours vs timm features_only vs HF ({meta['device_name']}, {meta['threads']} threads, {meta['dtype']}"
-        f"{', channels_last' if meta['channels_last'] else ''}{', ours compiled' if meta['compile'] else ''})",
+        f"{', channels_last' if meta['channels_last'] else ''}{', ours compiled' if meta['compile'] else ''}"
+        f"{', commit ' + meta['git_commit'] if meta.get('git_commit') else ''}{' + modified core' if meta.get('core_modified') else ''})",
         "",
         f"Seconds per step: median (min-max) of {meta['repeats']} interleaved runs after {meta['warmup']} warmup. "
         "Peak MiB: extra memory at the step's peak (" + meta["memory_method"] + "). "
