@@ -6,8 +6,8 @@ PY := .venv/bin/python
 setup:  ## create .venv with the full stack (idempotent; seconds when already set up)
 	bash scripts/setup.sh
 
-demo:  ## for now: the environment check (the Detectron2 demo replaces it)
-	$(PY) -m convnext_backbone.doctor
+demo:  ## the README's main job: generated COCO data -> ConvNeXt V2 Mask R-CNN on CPU -> AP + predictions.png
+	$(PY) -m detectron2_convnext.demo --out outputs/demo
 
 test:  ## the test suite
 	$(PY) -m pytest -q tests

@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -58,14 +57,19 @@ def build_cfg(args, out: Path):
     return cfg
 
 
+CLASS_COLOURS = [(255, 200, 0), (255, 0, 200), (0, 220, 255)]  # overlay colours, distinct from the shapes' own hues
+
+
 def draw_predictions(cfg, model, dataset_name: str, path: Path, num_images: int = 4, scale: float = 3.0) -> Path:
-    """Rows of [ground truth | prediction] for the first images of ``dataset_name``."""
+    """Rows of [ground truth | predictions with score >= 0.5] for the first images of ``dataset_name``."""
     import cv2
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data import transforms as T
-    from detectron2.utils.visualizer import Visualizer
+    from detectron2.utils.visualizer import ColorMode, Visualizer
 
     meta = MetadataCatalog.get(dataset_name)
+    if not meta.get("thing_colors"):
+        meta.set(thing_colors=CLASS_COLOURS[: len(meta.thing_classes)])
     records = DatasetCatalog.get(dataset_name)[:num_images]
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     rows = []
@@ -78,15 +82,20 @@ def draw_predictions(cfg, model, dataset_name: str, path: Path, num_images: int 
         with torch.no_grad():
             instances = model([{"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]}])[0]["instances"].to("cpu")
         instances = instances[instances.scores >= 0.5]
-        gt = Visualizer(rgb, meta, scale=scale).draw_dataset_dict(rec).get_image()
-        pred = Visualizer(rgb, meta, scale=scale).draw_instance_predictions(instances).get_image()
+        mode = ColorMode.SEGMENTATION  # one colour per class, the same in both panels
+        gt = Visualizer(rgb, meta, scale=scale, instance_mode=mode).draw_dataset_dict(rec).get_image()
+        pred = Visualizer(rgb, meta, scale=scale, instance_mode=mode).draw_instance_predictions(instances).get_image()
         gap = np.full((gt.shape[0], 8, 3), 255, dtype=np.uint8)
         rows.append(np.concatenate([gt, gap, pred], axis=1))
-    sep = np.full((8, rows[0].shape[1], 3), 255, dtype=np.uint8)
-    grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-    tmp = path.with_name("." + path.name)
-    cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    os.replace(str(tmp) + ".png", path)
+    width, half = rows[0].shape[1], (rows[0].shape[1] - 8) // 2
+    header = np.full((36, width, 3), 255, dtype=np.uint8)
+    for x, text in ((0, "ground truth"), (half + 8, "predictions (score >= 0.5)")):
+        cv2.putText(header, text, (x + 8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
+    sep = np.full((8, width, 3), 255, dtype=np.uint8)
+    grid = np.concatenate([header] + [x for r in rows for x in (r, sep)][:-1], axis=0)
+    tmp = path.with_name("." + path.stem + ".tmp.png")
+    cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    os.replace(tmp, path)
     return path
 
 
@@ -96,16 +105,17 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
     from .synthetic import SyntheticSpec, make_coco_split, register_coco
     from .train_net import Trainer
 
     cfg = build_cfg(args, out)
+    seed_all_rng(cfg.SEED)  # same data, init and sampling on every run (up to thread-count effects)
     # Detectron2's full log goes to train/log.txt; the console shows the steps and the progress bar.
     for name in ("detectron2", "fvcore", "detectron2_convnext"):
         setup_logger(cfg.OUTPUT_DIR, name=name, configure_stdout=False)
-    logging.getLogger("detectron2_convnext").addHandler(logging.StreamHandler(sys.stdout))
 
     print(f"[1/4] generating a COCO-format dataset of coloured shapes in {out / 'data'}")
     train_name, val_name = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
@@ -121,11 +131,12 @@ def main(argv=None) -> dict:
     t0 = time.time()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
+    # Detectron2 evaluates with COCOEvaluator when training ends; pycocotools' own prints go to a file
+    with open(Path(cfg.OUTPUT_DIR) / "cocoeval.txt", "w") as sink, contextlib.redirect_stdout(sink):
+        results = trainer.train()
     train_s = time.time() - t0
 
-    print(f"[3/4] evaluating on {val_name} with COCOEvaluator")
-    results = Trainer.test(cfg, trainer.model)
+    print(f"[3/4] COCOEvaluator on {val_name} (tables in {Path(cfg.OUTPUT_DIR) / 'log.txt'})")
     box, mask = results["bbox"], results["segm"]
     print(f"      box  AP {box['AP']:5.1f}   AP50 {box['AP50']:5.1f}   AP75 {box['AP75']:5.1f}")
     print(f"      mask AP {mask['AP']:5.1f}   AP50 {mask['AP50']:5.1f}   AP75 {mask['AP75']:5.1f}")
@@ -143,7 +154,7 @@ def main(argv=None) -> dict:
     tmp = out / ".results.json"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "results.json")
-    print(f"done in {summary['total_seconds']:.0f} s (training {train_s:.0f} s); results in {out / 'results.json'}")
+    print(f"done in {summary['total_seconds']:.0f} s (training and evaluation {train_s:.0f} s); results in {out / 'results.json'}")
     return summary
 
 

@@ -64,11 +64,9 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
 
 
-def _iou(a, b) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _apart(a, b, gap: float = 2.0) -> bool:
+    """Boxes at least ``gap`` px apart: no shape hides part of another, so polygons are the visible masks."""
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
 def _render(rng: np.random.Generator, spec: SyntheticSpec, image_id: int):
@@ -77,14 +75,14 @@ def _render(rng: np.random.Generator, spec: SyntheticSpec, image_id: int):
     draw = ImageDraw.Draw(img)
     anns, boxes = [], []
     for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
-        for _attempt in range(20):  # place without heavy overlap
+        for _attempt in range(30):  # place without overlap
             shape = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
             r = rng.uniform(spec.min_size, spec.max_size) * s / 2
             cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
             poly = _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
             xs, ys = [p[0] for p in poly], [p[1] for p in poly]
             box = (min(xs), min(ys), max(xs), max(ys))
-            if all(_iou(box, b) < 0.15 for b in boxes):
+            if all(_apart(box, b) for b in boxes):
                 break
         else:
             continue
@@ -106,7 +104,7 @@ def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = S
     """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``; reuse if identical."""
     root = Path(root)
     image_root, json_file = root / split, root / "annotations" / f"instances_{split}.json"
-    params = dict(asdict(spec), split=split, generator="detectron2_convnext.synthetic/1")
+    params = dict(asdict(spec), split=split, generator="detectron2_convnext.synthetic/2")
     if json_file.is_file() and image_root.is_dir():
         existing = json.loads(json_file.read_text())
         if existing.get("info", {}).get("params") == params:

@@ -68,6 +68,11 @@ class Trainer(DefaultTrainer):
             hooks.insert(1, ProgressBar())
         return hooks
 
+    def train(self):
+        """Train; return the evaluation Detectron2 runs when training ends (DefaultTrainer keeps it)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_convnext_optimizer(cfg, model)
