@@ -205,7 +205,10 @@ def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
     buf = bufs.get(dtype)
     if buf is None or buf.numel() < numel:
         bufs.pop(dtype, None)
-        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+        # A normal tensor, never an inference tensor: those cannot be written to outside
+        # inference_mode, and the buffer outlives the mode it was created in.
+        with torch.inference_mode(False):
+            buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
     return buf[:numel]
 
 

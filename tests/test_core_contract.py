@@ -292,3 +292,18 @@ def test_bfloat16_autocast_inference_and_training(name):
         loss = sum(f.float().pow(2).mean() for f in model(x).feature_maps)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_workspace_survives_switching_between_inference_mode_and_no_grad():
+    from convnext_backbone.model import release_workspace
+
+    release_workspace()
+    model = randomize_(build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():  # the workspace is first created here
+        a = model(x).feature_maps
+    with torch.no_grad():
+        b = model(x).feature_maps
+    with torch.inference_mode():
+        c = model(x).feature_maps
+    assert max_abs_diff(a, b) == 0 and max_abs_diff(a, c) == 0
