@@ -493,7 +493,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path
     return out
 
 
-def from_pretrained(cls: type, path: str | os.PathLike, strict: bool = True, **overrides: Any):
+def open_checkpoint(path: str | os.PathLike) -> tuple[Path, Conversion, dict[str, Any] | None]:
+    """Resolve (hub id or path), read and convert: ``(local path, conversion, config.json or None)``."""
     from .hub import resolve_pretrained
 
     local = resolve_pretrained(path)
@@ -501,6 +502,11 @@ def from_pretrained(cls: type, path: str | os.PathLike, strict: bool = True, **o
     conv = convert_state_dict(state)
     if config_dict and config_dict.get("model_type") not in CONFIG_CLASSES:
         raise CheckpointError(f"{local}: config.json model_type {config_dict.get('model_type')!r} is not a ConvNeXt")
+    return local, conv, config_dict
+
+
+def from_pretrained(cls: type, path: str | os.PathLike, strict: bool = True, **overrides: Any):
+    local, conv, config_dict = open_checkpoint(path)
     config = infer_config(conv.state_dict, config_dict, **overrides)
     model = cls(config)
     model.load_report = load_converted(model, conv, strict=strict, source=str(local))

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import CONFIG_CLASSES
-from .convert import CheckpointError, convert_state_dict, describe_conversion, infer_config, load_converted, read_checkpoint
-from .hub import resolve_pretrained
+from .convert import CheckpointError, describe_conversion, infer_config, load_converted, open_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,13 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from .model import ConvNextBackbone, ConvNextForImageClassification
 
     try:
-        local = resolve_pretrained(args.src)
-        state, config_dict = read_checkpoint(local)
-        conv = convert_state_dict(state)
+        local, conv, config_dict = open_checkpoint(args.src)
         print(describe_conversion(conv), end="")
         overrides: dict = {}
-        if config_dict and config_dict.get("model_type") not in CONFIG_CLASSES:
-            raise CheckpointError(f"{local}: config.json model_type {config_dict.get('model_type')!r} is not a ConvNeXt")
         if args.to == "backbone":
             overrides["norm_outputs"] = not args.no_norm_outputs
             if args.out_features:
