@@ -5,7 +5,10 @@ grows, so we (1) collect garbage and ``malloc_trim`` so freed heap pages go back
 and are not silently reused, (2) reset the kernel's RSS high-water mark (write ``5`` to
 ``/proc/self/clear_refs``), (3) run the step, (4) report ``VmHWM`` minus the RSS before the
 step: the extra resident memory the step needed at its peak (activations, gradients,
-workspaces), not counting weights already resident. On CUDA: ``max_memory_allocated`` minus
+workspaces, our reused CPU buffer included: it is released first), not counting weights
+already resident. glibc keeps freed blocks below its dynamic mmap threshold (up to 32 MiB)
+in its heap, so by default this includes heap retention; with ``MALLOC_MMAP_THRESHOLD_``
+pinned (e.g. 1048576) freed tensors go back to the OS and it is live memory. On CUDA: ``max_memory_allocated`` minus
 ``memory_allocated`` before the step, after resetting the peak counter.
 """
 from __future__ import annotations
@@ -14,11 +17,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from convnext_backbone.model import release_workspace
 
 MiB = 1024.0 * 1024.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,7 +94,14 @@ class PeakMemory:
             return self.unavailable
         if self.device == "cuda":
             return "torch.cuda.max_memory_allocated - memory_allocated before the step"
-        return "VmHWM after the step - VmRSS before it (high-water mark reset via /proc/self/clear_refs, after malloc_trim)"
+        method = "VmHWM after the step - VmRSS before it (high-water mark reset via /proc/self/clear_refs, after malloc_trim)"
+        pinned = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        if pinned:
+            return method + f"; glibc MALLOC_MMAP_THRESHOLD_={pinned}: freed tensors return to the OS, so this is live memory"
+        return method + (
+            "; glibc default: freed blocks below its dynamic mmap threshold (up to 32 MiB) stay in its heap and count "
+            "(run with MALLOC_MMAP_THRESHOLD_=1048576 for live memory)"
+        )
 
     @staticmethod
     def _status(field: str) -> int:
@@ -100,6 +113,7 @@ class PeakMemory:
 
     def measure(self, step: Callable[[], None]) -> tuple[float, float | None]:
         """Run ``step`` once; return ``(seconds, peak MiB or None)``."""
+        release_workspace()  # our reused CPU buffer counts as the step's memory, as a fresh tensor would
         gc.collect()
         if self.unavailable:
             return time_once(step, self.device), None

@@ -86,6 +86,21 @@ def check_torch() -> Check:
     return c
 
 
+def check_native_kernel() -> Check:
+    """The C depthwise kernel (convnext_backbone/dwconv.py), built with the system compiler."""
+    c = Check("dwconv kernel")
+    from . import dwconv
+
+    status = dwconv.native_status()
+    if status == "ok":
+        c.version = "built"
+        c.notes.append(f"cached in {dwconv._cache_dir()}")
+    else:
+        c.version = "fallback"
+        c.problems.append(f"{status}: CPU training uses torch's depthwise conv (~25% slower step)")
+    return c
+
+
 def check_torchvision() -> Check:
     c = Check("torchvision")
     tv = _import("torchvision", c, "detectron2 and mmcv cannot run; run `make setup`")
@@ -220,6 +235,7 @@ def _run_checks() -> list[Check]:
     if checks[-1].version is None:
         return checks  # nothing else can work without torch
     checks += [
+        check_native_kernel(),
         check_torchvision(),
         check_numpy(),
         check_setuptools(),

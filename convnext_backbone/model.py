@@ -14,8 +14,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from . import dwconv
 from .config import ConvNextConfig, config_from_preset_name
 
 __all__ = [
@@ -52,6 +54,29 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class PatchConv2d(nn.Conv2d):
+    """Non-overlapping conv (kernel == stride): the stem and the downsampling layers.
+
+    In CPU training it runs as one GEMM over patches, whose backward is two GEMMs; oneDNN's
+    backward for this conv is ~2x slower. Elsewhere it is ``nn.Conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        if not (
+            self.stride == self.kernel_size == (k, k) and self.padding == (0, 0) and self.groups == 1
+            and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and _eager_cpu(x)
+        ):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        hk, wk = h // k, w // k  # like the conv, a remainder row/column is dropped
+        patches = x[:, :, :hk * k, :wk * k].permute(0, 2, 3, 1).reshape(n, hk, k, wk, k, c)
+        patches = patches.permute(0, 1, 3, 2, 4, 5).reshape(n * hk * wk, k * k * c)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, k * k * c)
+        y = torch.addmm(self.bias, patches, weight.t()) if self.bias is not None else patches.mm(weight.t())
+        return y.view(n, hk, wk, self.out_channels).permute(0, 3, 1, 2)  # channels_last NCHW view
 
 
 def _sum_of_squares(x: torch.Tensor, chunked: bool = False) -> torch.Tensor:
@@ -124,7 +149,8 @@ class Block(nn.Module):
     4x-wide hidden tensor instead of a norm and three elementwise passes. On channels_last input
     the permutes are free views, and the bias and residual are summed first so that the last
     GEMM accumulates into them. In plain CPU inference the hidden tensor lives in a reused
-    per-thread workspace with GELU in place (see ``_plain_eager_inference``).
+    per-thread workspace with GELU in place (see ``_eager_cpu``), and the depthwise conv
+    runs through the C kernel in ``dwconv.py`` whenever it applies.
     """
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 0.0, use_grn: bool = False):
@@ -140,8 +166,20 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
-        t = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
-        plain = _plain_eager_inference(x, self.pwconv1.weight)
+        eager = _eager_cpu(x)
+        y = dwconv.depthwise7(x, self.dwconv) if eager and dwconv.usable(x, self.dwconv) else self.dwconv(x)
+        t = self.norm(y.permute(0, 2, 3, 1))
+        plain = eager and _inference(x, self.pwconv1.weight)
+        if self.grn is None:
+            w, b = self.pwconv2.weight, self.pwconv2.bias
+            if self.gamma is not None:
+                w, b = w * self.gamma[:, None], b * self.gamma
+            if eager and not plain:  # CPU training: saves 1 of the 2 wide tensors, reuses buffers
+                drop = self.training and isinstance(self.drop_path, DropPath)
+                acc = b if drop else x.permute(0, 2, 3, 1).reshape(-1, c) + b
+                out = _MLP.apply(t.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias, w.t(), acc)
+                out = out.view(n, hh, ww, c).permute(0, 3, 1, 2)
+                return x + self.drop_path(out) if drop else out
         if plain:
             # The 4x-wide hidden tensor goes into a reused per-thread buffer and GELU runs in
             # place: a fresh large CPU allocation is new pages from the kernel every time.
@@ -159,9 +197,6 @@ class Block(nn.Module):
             gemm, gemm_ = torch.baddbmm, torch.Tensor.baddbmm_
         else:
             h = h.reshape(n * hh * ww, c4)
-            w, b = self.pwconv2.weight, self.pwconv2.bias
-            if self.gamma is not None:
-                w, b = w * self.gamma[:, None], b * self.gamma
             ws = w.t()
             gemm, gemm_ = torch.addmm, torch.Tensor.addmm_
         if self.training and isinstance(self.drop_path, DropPath):
@@ -173,16 +208,53 @@ class Block(nn.Module):
         return y.view(n, hh, ww, c).permute(0, 3, 1, 2)
 
 
+class _MLP(torch.autograd.Function):
+    """``acc + gelu(t @ w1.T + b1) @ w2t`` for CPU training, saving ``t`` and the pre-activation only.
+
+    Autograd would keep both the pre-activation and the GELU output (two 4x-wide tensors) and
+    allocate two more 4x-wide gradients in backward. Here the GELU output is recomputed into
+    the per-thread workspace, and the backward's wide gradient lives in that workspace too:
+    one fresh wide tensor per block instead of four. Same GEMMs, same numerics.
+    """
+
+    @staticmethod
+    def forward(ctx, t, w1, b1, w2t, acc):
+        h = torch.addmm(b1, t, w1.t())
+        a = torch.ops.aten.gelu.out(h, out=_workspace(h.numel(), h.dtype).view_as(h))
+        ctx.save_for_backward(t, w1, h, w2t)
+        ctx.acc_shape = acc.shape
+        return torch.addmm(acc, a, w2t)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        t, w1, h, w2t = ctx.saved_tensors
+        need_t, need_w1, need_b1, need_w2t, need_acc = ctx.needs_input_grad
+        wide = _workspace(h.numel(), h.dtype).view_as(h)
+        grad_w2t = torch.mm(torch.ops.aten.gelu.out(h, out=wide).t(), grad) if need_w2t else None
+        grad_h = torch.mm(grad, w2t.t(), out=wide)
+        torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)
+        grad_t = grad_h.mm(w1) if need_t else None
+        grad_w1 = grad_h.t().mm(t) if need_w1 else None
+        grad_b1 = grad_h.sum(0) if need_b1 else None
+        grad_acc = (grad.sum(0) if len(ctx.acc_shape) == 1 else grad) if need_acc else None
+        return grad_t, grad_w1, grad_b1, grad_w2t, grad_acc
+
+
 _gelu_ = getattr(torch.ops.aten, "gelu_", None)
 _thread_state = threading.local()
 
 
-def _plain_eager_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """CPU, no autograd, no tracing/compiling/export: in-place tricks are invisible here."""
+def _inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """No autograd recording: with ``_eager_cpu``, in-place tricks are invisible here."""
+    return _gelu_ is not None and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """CPU eager execution, no autocast, no tracing/compiling/export: where the C kernel and
+    in-place tricks may run (shape-dependent loops and ctypes calls must not be traced)."""
     return (
         x.device.type == "cpu"
-        and _gelu_ is not None
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
@@ -221,8 +293,8 @@ class _ConvNextTrunk(nn.Module):
         self.config = config
         h = config.hidden_sizes
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], config.patch_size, config.patch_size), LayerNorm2d(h[0], eps=LN_EPS))]
-            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), nn.Conv2d(h[i - 1], h[i], 2, 2)) for i in range(1, config.num_stages)]
+            [nn.Sequential(PatchConv2d(config.num_channels, h[0], config.patch_size, config.patch_size), LayerNorm2d(h[0], eps=LN_EPS))]
+            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), PatchConv2d(h[i - 1], h[i], 2, 2)) for i in range(1, config.num_stages)]
         )
         rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()  # cpu: works under torch.device("meta")
         self.stages = nn.ModuleList()

@@ -1,5 +1,6 @@
 """Packaging and the environment check: installed packages import, doctor and the CLI run."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,4 +48,5 @@ def test_doctor_reports_the_stack(capsys):
                  "mmseg", "transformers", "timm", "onnxruntime"):
         assert f"\n  {name} " in out, f"doctor does not report {name}:\n{out}"
     assert "mmcv.ops loads" in out, out
+    assert re.search(r"\n  dwconv kernel +built ", out), out  # the C depthwise kernel compiled here
     assert "MISSING" not in out, out
