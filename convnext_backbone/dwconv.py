@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["depthwise7", "native_status", "usable"]
+__all__ = ["depthwise7", "depthwise7_norm", "native_status", "norm_fusable", "usable"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(_build()))
             ptr, i64 = ctypes.c_void_p, ctypes.c_long
-            lib.dwconv7_forward.argtypes = [ptr, ptr, ptr, ptr] + [i64] * 6
+            lib.dwconv7_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 6
             lib.dwconv7_grad_weight.argtypes = [ptr, ptr, ptr] + [i64] * 6
             lib.dwconv7_forward.restype = lib.dwconv7_grad_weight.restype = None
             _lib, _status = lib, "ok"
@@ -164,12 +164,20 @@ def _run_rows(fn, rows: int, args_for) -> None:
         f.result()
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             norm: nn.LayerNorm | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """NCHW-shaped NHWC result; with ``norm``, the (N, H, W, C) LayerNorm output written to ``out``."""
     n, c, h, w = x.shape
     wt = weight.detach().reshape(c, 49).t().contiguous()  # (tap, channel): a vector load per tap
     b = None if bias is None else bias.detach().contiguous()
-    y = torch.empty_like(x, memory_format=torch.channels_last)
-    ptrs = (x.data_ptr(), wt.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), n, h, w, c)
+    if norm is None:
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        ln = (None, None, 0.0)
+    else:
+        y = out if out is not None else x.new_empty(n, h, w, c)
+        ln_w, ln_b = norm.weight.detach().contiguous(), norm.bias.detach().contiguous()
+        ln = (ln_w.data_ptr(), ln_b.data_ptr(), norm.eps)
+    ptrs = (x.data_ptr(), wt.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), *ln, n, h, w, c)
     _run_rows(_require().dwconv7_forward, n * h, lambda k: ptrs)
     return y
 
@@ -199,6 +207,20 @@ class _DepthwiseConv7(torch.autograd.Function):
         grad_w = _grad_weight(x, grad) if need_w else None
         grad_b = grad.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b
+
+
+def depthwise7_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.LayerNorm, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``norm(conv(x).permute(0, 2, 3, 1))`` in one pass, no autograd (inference): the LayerNorm
+    runs on each tile while it is in cache, and the conv output never goes to memory."""
+    return _forward(x, conv.weight, conv.bias, norm, out)
+
+
+def norm_fusable(norm: nn.Module, channels: int) -> bool:
+    return (
+        isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (channels,) and norm.weight is not None
+        and norm.bias is not None and norm.weight.dtype == torch.float32 and not norm._forward_hooks
+        and not norm._forward_pre_hooks
+    )
 
 
 def depthwise7(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

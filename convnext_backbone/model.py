@@ -167,9 +167,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
         eager = _eager_cpu(x)
-        y = dwconv.depthwise7(x, self.dwconv) if eager and dwconv.usable(x, self.dwconv) else self.dwconv(x)
-        t = self.norm(y.permute(0, 2, 3, 1))
         plain = eager and _inference(x, self.pwconv1.weight)
+        native = eager and dwconv.usable(x, self.dwconv)
+        if native and plain and dwconv.norm_fusable(self.norm, c):
+            # conv + LayerNorm in one pass, into a reused buffer (consumed by pwconv1 below)
+            t = dwconv.depthwise7_norm(x, self.dwconv, self.norm, _workspace(x.numel(), x.dtype, slot=1).view(n, hh, ww, c))
+        else:
+            t = self.norm((dwconv.depthwise7(x, self.dwconv) if native else self.dwconv(x)).permute(0, 2, 3, 1))
         if self.grn is None:
             w, b = self.pwconv2.weight, self.pwconv2.bias
             if self.gamma is not None:
@@ -263,18 +267,21 @@ def _eager_cpu(x: torch.Tensor) -> bool:
     )
 
 
-def _workspace(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A per-thread CPU buffer that only grows; ``release_workspace()`` frees it."""
+def _workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
+    """A per-thread CPU buffer per (dtype, slot) that only grows; ``release_workspace()`` frees them.
+
+    Slot 0 holds the 4x-wide hidden tensor, slot 1 the block's normalised input to pwconv1.
+    """
     bufs = getattr(_thread_state, "buffers", None)
     if bufs is None:
         bufs = _thread_state.buffers = {}
-    buf = bufs.get(dtype)
+    buf = bufs.get((dtype, slot))
     if buf is None or buf.numel() < numel:
-        bufs.pop(dtype, None)
+        bufs.pop((dtype, slot), None)
         # A normal tensor, never an inference tensor: those cannot be written to outside
         # inference_mode, and the buffer outlives the mode it was created in.
         with torch.inference_mode(False):
-            buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+            buf = bufs[(dtype, slot)] = torch.empty(numel, dtype=dtype)
     return buf[:numel]
 
 

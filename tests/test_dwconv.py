@@ -71,23 +71,49 @@ def test_forward_and_gradients_match_float64(shape, threads):
         assert mine <= 2 * theirs + 1e-6, (name, mine, theirs)
 
 
+@pytest.mark.parametrize("shape", [(2, 96, 37, 45), (1, 8, 5, 3), (3, 40, 9, 12), (1, 768, 3, 9)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fused_conv_layernorm_matches_float64(shape):
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(1)
+    conv = torch.nn.Conv2d(c, c, 7, padding=3, groups=c)
+    norm = torch.nn.LayerNorm(c, eps=1e-6)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / 7)
+        conv.bias.copy_(torch.randn(c, generator=g))
+        norm.weight.copy_(1 + 0.2 * torch.randn(c, generator=g))
+        norm.bias.copy_(0.1 * torch.randn(c, generator=g))
+        x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        assert dwconv.usable(x, conv) and dwconv.norm_fusable(norm, c)
+        fused = dwconv.depthwise7_norm(x, conv, norm)
+        unfused = norm(conv(x).permute(0, 2, 3, 1))
+        exact = norm.double()(conv.double()(x.double()).permute(0, 2, 3, 1))
+    ours, theirs = (fused.double() - exact).abs().max().item(), (unfused.double() - exact).abs().max().item()
+    assert fused.shape == (n, h, w, c)
+    assert ours <= 2 * theirs + 1e-6, (ours, theirs)
+
+
 def test_used_in_training_and_inference_not_under_tracing(monkeypatch):
     calls = []
-    real = dwconv.depthwise7
-    monkeypatch.setattr(dwconv, "depthwise7", lambda x, conv: calls.append(x.requires_grad) or real(x, conv))
+    for name in ("depthwise7", "depthwise7_norm"):
+        real = getattr(dwconv, name)
+        monkeypatch.setattr(dwconv, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     model = build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])
+    blocks = sum(model.config.depths)
     x = torch.randn(1, 3, 64, 64)
     model.train()
     sum(f.sum() for f in model(x).feature_maps).backward()
-    assert len(calls) == sum(model.config.depths)
+    assert calls == ["depthwise7"] * blocks
     model.eval()
     with torch.inference_mode():
-        model(x)
-    assert len(calls) == 2 * sum(model.config.depths)
+        fused = model(x).feature_maps
+    assert calls[blocks:] == ["depthwise7_norm"] * blocks  # inference: conv + LayerNorm fused
     with torch.no_grad():
         model.requires_grad_(False)  # a traced lambda takes the parameters as constants
-        torch.jit.trace(lambda x: model(x).feature_maps, x, check_trace=False)
-    assert len(calls) == 2 * sum(model.config.depths)  # tracing takes conv2d: ctypes calls cannot be traced
+        traced = torch.jit.trace(lambda x: model(x).feature_maps, x, check_trace=False)
+    assert len(calls) == 2 * blocks  # tracing takes conv2d: ctypes calls cannot be traced
+    plain = traced(x)
+    assert max((a - b).abs().max().item() for a, b in zip(fused, plain)) <= 1e-5
 
 
 def test_not_used_for_nchw_float64_or_hooked_convs():

@@ -51,8 +51,32 @@ static inline void forward_tile(const float *x, const float *wt, const float *bi
     }
 }
 
-/* y[n,h,w,c] = bias[c] + sum_ij wt[(i*7+j)*C + c] * x[n, h+i-3, w+j-3, c]; bias may be NULL. */
+/* LayerNorm over the C channels of each of the tile's pixels, in place while they are in cache. */
+static inline void layer_norm_tile(float *y, const float *ln_w, const float *ln_b, float eps,
+                                   long n, long h, long H, long W, long C, long w0) {
+    for (int t = 0; t < TILE && w0 + t < W; ++t) {
+        float *p = y + ((n * H + h) * W + w0 + t) * C;
+        v8 s = (v8){0};
+        for (long cb = 0; cb < C; cb += 8) s += load8(p + cb);
+        float mean = 0.f;
+        for (int k = 0; k < 8; ++k) mean += s[k];
+        mean /= (float)C;
+        v8 m = mean - (v8){0}, q = (v8){0};
+        for (long cb = 0; cb < C; cb += 8) { v8 d = load8(p + cb) - m; q += d * d; }
+        float var = 0.f;
+        for (int k = 0; k < 8; ++k) var += q[k];
+        var /= (float)C;
+        float rstd = 1.0f / __builtin_sqrtf(var + eps);
+        v8 r = rstd - (v8){0};
+        for (long cb = 0; cb < C; cb += 8)
+            store8(p + cb, (load8(p + cb) - m) * r * load8(ln_w + cb) + load8(ln_b + cb));
+    }
+}
+
+/* y[n,h,w,c] = bias[c] + sum_ij wt[(i*7+j)*C + c] * x[n, h+i-3, w+j-3, c]; bias may be NULL.
+ * With ln_w/ln_b (not NULL), y is then layer-normalised over c (the block's LayerNorm, fused). */
 void dwconv7_forward(const float *x, const float *wt, const float *bias, float *y,
+                     const float *ln_w, const float *ln_b, float eps,
                      long N, long H, long W, long C, long r0, long r1) {
     (void)N;
     for (long r = r0; r < r1; ++r) {
@@ -62,6 +86,7 @@ void dwconv7_forward(const float *x, const float *wt, const float *bias, float *
                 forward_tile(x, wt, bias, y, n, h, H, W, C, w0, 1);
             else
                 forward_tile(x, wt, bias, y, n, h, H, W, C, w0, 0);
+            if (ln_w) layer_norm_tile(y, ln_w, ln_b, eps, n, h, H, W, C, w0);
         }
     }
 }
