@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
-__all__ = ["depthwise7", "depthwise7_norm", "native_status", "norm_fusable", "usable"]
+__all__ = ["depthwise7", "depthwise7_norm", "native_status", "norm_fusable", "sum_of_squares", "usable"]
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,18 @@ def _build() -> Path:
     key = hashlib.sha256(
         "\0".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), platform.machine(), _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    target = _cache_dir() / f"dwconv7-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"convnext-backbone-{os.getuid()}"):  # read-only home: /tmp
+        target = folder / f"dwconv7-{key}.so"
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"no writable cache folder ({_cache_dir()} or the temp dir)")
     os.close(fd)
     try:
         done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
@@ -106,7 +114,8 @@ def _load() -> ctypes.CDLL | None:
             ptr, i64 = ctypes.c_void_p, ctypes.c_long
             lib.dwconv7_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 6
             lib.dwconv7_grad_weight.argtypes = [ptr, ptr, ptr] + [i64] * 6
-            lib.dwconv7_forward.restype = lib.dwconv7_grad_weight.restype = None
+            lib.sum_of_squares_rows.argtypes = [ptr, ptr] + [i64] * 4
+            lib.dwconv7_forward.restype = lib.dwconv7_grad_weight.restype = lib.sum_of_squares_rows.restype = None
             _lib, _status = lib, "ok"
         except Exception as exc:  # no compiler, read-only cache, foreign platform: fall back
             _status = f"unavailable ({type(exc).__name__}: {exc})"
@@ -178,7 +187,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         ln_w, ln_b = norm.weight.detach().contiguous(), norm.bias.detach().contiguous()
         ln = (ln_w.data_ptr(), ln_b.data_ptr(), norm.eps)
     ptrs = (x.data_ptr(), wt.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), *ln, n, h, w, c)
-    _run_rows(_require().dwconv7_forward, n * h, lambda k: ptrs)
+    with record_function("convnext::dwconv7" + ("_layernorm" if norm is not None else "")):  # visible in torch.profiler
+        _run_rows(_require().dwconv7_forward, n * h, lambda k: ptrs)
     return y
 
 
@@ -186,8 +196,23 @@ def _grad_weight(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     parts = max(1, min(torch.get_num_threads(), n * h))
     acc = torch.zeros(parts, 49, c)  # one accumulator per thread, summed after
-    _run_rows(_require().dwconv7_grad_weight, n * h, lambda k: (x.data_ptr(), g.data_ptr(), acc[k].data_ptr(), n, h, w, c))
+    with record_function("convnext::dwconv7_grad_weight"):
+        _run_rows(_require().dwconv7_grad_weight, n * h, lambda k: (x.data_ptr(), g.data_ptr(), acc[k].data_ptr(), n, h, w, c))
     return acc.sum(0).t().reshape(c, 1, 7, 7)
+
+
+def sum_of_squares(x: torch.Tensor) -> torch.Tensor | None:
+    """(N, C) sums of x*x over dim 1 of a contiguous float32 (N, L, C) tensor in one pass; None
+    where the kernel does not apply (the caller then uses torch)."""
+    n, length, c = x.shape
+    if x.dtype != torch.float32 or c % 8 or c > 4096 or not x.is_contiguous() or _load() is None:
+        return None
+    rows = n * length
+    parts = max(1, min(torch.get_num_threads(), rows))
+    acc = torch.zeros(parts, n, c)
+    with record_function("convnext::sum_of_squares"):
+        _run_rows(_lib.sum_of_squares_rows, rows, lambda k: (x.data_ptr(), acc[k].data_ptr(), length, c))
+    return acc.sum(0)
 
 
 class _DepthwiseConv7(torch.autograd.Function):

@@ -80,16 +80,20 @@ class PatchConv2d(nn.Conv2d):
 
 
 def _sum_of_squares(x: torch.Tensor, chunked: bool = False) -> torch.Tensor:
-    """Sum of x*x over dim 1 of (N, L, C); ``chunked`` (plain eager inference only) goes in slices.
+    """Sum of x*x over dim 1 of (N, L, C); ``chunked`` (plain eager inference only) avoids the
+    whole-tensor ``x * x``: one pass in the C kernel, or else a loop over slices.
 
-    A whole-tensor ``x * x`` is a fresh 4x-wide allocation per block; large CPU allocations are
-    fresh pages from the kernel each time, which costs about as much as the arithmetic. The
-    slice loop depends on the shape, so tracing/export must not take it.
+    ``x * x`` is a fresh 4x-wide allocation per block; large CPU allocations are fresh pages
+    from the kernel each time, which costs about as much as the arithmetic. Both alternatives
+    depend on the shape or call C, so tracing/export must not take them.
     """
     n, length, c = x.shape
     step = max(1, (1 << 20) // c)
     if not chunked or length <= step:
         return (x * x).sum(dim=1)
+    native = dwconv.sum_of_squares(x)  # one pass in C, no temporaries
+    if native is not None:
+        return native
     acc = torch.zeros(n, c, dtype=x.dtype, device=x.device)
     for i in range(0, length, step):
         part = x[:, i:i + step]

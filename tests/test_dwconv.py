@@ -192,3 +192,29 @@ def test_forked_child_after_threaded_use_does_not_hang():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         torch.set_num_threads(before)
+
+
+def test_unwritable_cache_folder_builds_in_the_temp_dir(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    env = dict(os.environ, CONVNEXT_BACKBONE_CACHE=str(blocker))
+    code = "from convnext_backbone import dwconv; print(dwconv.native_status())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("shape", [(2, 60001, 16), (1, 300, 1536), (3, 7, 8)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grn_sum_of_squares_matches_float64(shape, threads):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)) + 0.5  # a mean: sums grow like L
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = dwconv.sum_of_squares(x)
+        theirs = (x * x).sum(dim=1)
+    finally:
+        torch.set_num_threads(before)
+    exact = (x.double() ** 2).sum(dim=1)
+    rel = lambda a: ((a.double() - exact).abs() / exact).max().item()  # noqa: E731
+    assert rel(ours) <= max(2 * rel(theirs), 1e-6), (rel(ours), rel(theirs))

@@ -125,3 +125,28 @@ void dwconv7_grad_weight(const float *x, const float *g, float *acc,
         }
     }
 }
+
+/* acc[n*C + c] += sum over rows l in [r0, r1) of a[n, l, c]^2 (a is (N, L, C)); rows are global
+ * indices n*L + l, read once each, in order. Sums go in blocks of 256 rows (a block's partial
+ * sums stay in `part`, in cache), so float32 error stays ~(256 + L/256) ulp. GRN's statistic:
+ * one pass, no temporary (torch would materialise a*a first). C <= 4096. */
+void sum_of_squares_rows(const float *a, float *acc, long L, long C, long r0, long r1) {
+    float part[4096] __attribute__((aligned(32)));
+    for (long r = r0; r < r1;) {
+        long n = r / L, end = (n + 1) * L < r1 ? (n + 1) * L : r1;
+        float *out = acc + n * C;
+        for (long b = r; b < end; b += 256) {
+            long stop = b + 256 < end ? b + 256 : end;
+            for (long cb = 0; cb < C; cb += 8) store8(part + cb, (v8){0});
+            for (long l = b; l < stop; ++l) {
+                const float *row = a + l * C;
+                for (long cb = 0; cb < C; cb += 8) {
+                    v8 u = load8(row + cb);
+                    store8(part + cb, load8(part + cb) + u * u);
+                }
+            }
+            for (long cb = 0; cb < C; cb += 8) store8(out + cb, load8(out + cb) + load8(part + cb));
+        }
+        r = end;
+    }
+}
