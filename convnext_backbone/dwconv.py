@@ -157,10 +157,14 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)  # no copy when already NHWC dense
 
 
-def _run_rows(fn, rows: int, args_for) -> None:
-    """Call ``fn(*args_for(k), r0, r1)`` on torch's thread count of row ranges; ctypes drops the GIL."""
+def _parts(rows: int) -> int:
+    return max(1, min(torch.get_num_threads(), rows))
+
+
+def _run_rows(fn, rows: int, args_for, parts: int | None = None) -> None:
+    """Call ``fn(*args_for(k), r0, r1)`` on ``parts`` (torch's thread count) row ranges; ctypes drops the GIL."""
     global _pool, _pool_size
-    parts = max(1, min(torch.get_num_threads(), rows))
+    parts = parts or _parts(rows)
     bounds = [rows * k // parts for k in range(parts + 1)]
     if parts == 1:
         fn(*args_for(0), 0, rows)
@@ -172,6 +176,14 @@ def _run_rows(fn, rows: int, args_for) -> None:
     futures = [pool.submit(fn, *args_for(k), bounds[k], bounds[k + 1]) for k in range(parts)]
     for f in futures:
         f.result()
+
+
+def _summed_rows(fn, rows: int, acc_shape: tuple[int, ...], args_for) -> torch.Tensor:
+    """A reduction over rows: one float32 accumulator per thread (its pointer goes to ``args_for``), summed after."""
+    parts = _parts(rows)
+    acc = torch.zeros(parts, *acc_shape)
+    _run_rows(fn, rows, lambda k: args_for(acc[k].data_ptr()), parts)
+    return acc.sum(0)
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -195,11 +207,9 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 def _grad_weight(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
-    parts = max(1, min(torch.get_num_threads(), n * h))
-    acc = torch.zeros(parts, 49, c)  # one accumulator per thread, summed after
     with record_function("convnext::dwconv7_grad_weight"):
-        _run_rows(_require().dwconv7_grad_weight, n * h, lambda k: (x.data_ptr(), g.data_ptr(), acc[k].data_ptr(), n, h, w, c))
-    return acc.sum(0).t().reshape(c, 1, 7, 7)
+        acc = _summed_rows(_require().dwconv7_grad_weight, n * h, (49, c), lambda p: (x.data_ptr(), g.data_ptr(), p, n, h, w, c))
+    return acc.t().reshape(c, 1, 7, 7)
 
 
 def sum_of_squares(x: torch.Tensor) -> torch.Tensor | None:
@@ -208,12 +218,8 @@ def sum_of_squares(x: torch.Tensor) -> torch.Tensor | None:
     n, length, c = x.shape
     if x.dtype != torch.float32 or c % 8 or c > 4096 or not x.is_contiguous() or _load() is None:
         return None
-    rows = n * length
-    parts = max(1, min(torch.get_num_threads(), rows))
-    acc = torch.zeros(parts, n, c)
     with record_function("convnext::sum_of_squares"):
-        _run_rows(_lib.sum_of_squares_rows, rows, lambda k: (x.data_ptr(), acc[k].data_ptr(), length, c))
-    return acc.sum(0)
+        return _summed_rows(_require().sum_of_squares_rows, n * length, (n, c), lambda p: (x.data_ptr(), p, length, c))
 
 
 class _DepthwiseConv7(torch.autograd.Function):

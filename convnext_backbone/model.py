@@ -183,11 +183,9 @@ class Block(nn.Module):
             if self.gamma is not None:
                 w, b = w * self.gamma[:, None], b * self.gamma
             if eager and not plain:  # CPU training: saves 1 of the 2 wide tensors, reuses buffers
-                drop = self.training and isinstance(self.drop_path, DropPath)
-                acc = b if drop else x.permute(0, 2, 3, 1).reshape(-1, c) + b
-                out = _MLP.apply(t.reshape(-1, c), self.pwconv1.weight, self.pwconv1.bias, w.t(), acc)
-                out = out.view(n, hh, ww, c).permute(0, 3, 1, 2)
-                return x + self.drop_path(out) if drop else out
+                t = t.reshape(-1, c)
+                mlp = lambda acc, may_write: _MLP.apply(t, self.pwconv1.weight, self.pwconv1.bias, w.t(), acc)  # noqa: E731
+                return self._residual(x, (n * hh * ww,), b, mlp)
         if plain:
             # The 4x-wide hidden tensor goes into a reused per-thread buffer and GELU runs in
             # place: a fresh large CPU allocation is new pages from the kernel every time.
@@ -207,13 +205,19 @@ class Block(nn.Module):
             h = h.reshape(n * hh * ww, c4)
             ws = w.t()
             gemm, gemm_ = torch.addmm, torch.Tensor.addmm_
-        if self.training and isinstance(self.drop_path, DropPath):
-            return x + self.drop_path(gemm(b, h, ws).view(n, hh, ww, c).permute(0, 3, 1, 2))
-        # residual + bias first, then the GEMM accumulates into it: no separate add pass
-        acc = x.permute(0, 2, 3, 1).reshape(*h.shape[:-1], c) + b  # the permute is a view on channels_last input
         # in place saves an allocation; autocast and autograd want the functional form
-        y = gemm_(acc, h, ws) if plain else gemm(acc, h, ws)
-        return y.view(n, hh, ww, c).permute(0, 3, 1, 2)
+        project = lambda acc, may_write: gemm_(acc, h, ws) if plain and may_write else gemm(acc, h, ws)  # noqa: E731
+        return self._residual(x, h.shape[:-1], b, project)
+
+    def _residual(self, x: torch.Tensor, rows: tuple[int, ...], b: torch.Tensor, project) -> torch.Tensor:
+        """``x + drop_path(project(b))`` when drop path is active; otherwise ``project(x + b)``:
+        residual + bias summed first so that the last GEMM accumulates into them (no separate
+        add pass). ``project(acc, may_write)`` may write into ``acc`` only when ``may_write``."""
+        n, c, hh, ww = x.shape
+        if self.training and isinstance(self.drop_path, DropPath):
+            return x + self.drop_path(project(b, False).view(n, hh, ww, c).permute(0, 3, 1, 2))
+        acc = x.permute(0, 2, 3, 1).reshape(*rows, c) + b  # the permute is a view on channels_last input
+        return project(acc, True).view(n, hh, ww, c).permute(0, 3, 1, 2)
 
 
 class _MLP(torch.autograd.Function):
