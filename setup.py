@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     packages=core_packages + integration_packages,
     package_dir={name: f"integrations/{name}" for name in INTEGRATIONS},
-    package_data={"convnext_backbone": ["csrc/*.c"]},  # compiled on first use (convnext_backbone/dwconv.py)
+    package_data={"convnext_backbone": ["accel/csrc/*.c"]},  # compiled on first use (convnext_backbone/accel/native.py)
     install_requires=["torch>=2.1", "torchvision", "safetensors", "numpy", "tqdm", "Pillow"],  # torchvision: the image processor's resize
     extras_require=EXTRAS,
     entry_points={

@@ -2,6 +2,7 @@
 
 Imports torch only; the Detectron2 and MMSegmentation adapters live in ``integrations/``.
 """
+from .accel import release_workspace
 from .config import ConvNextConfig, ConvNextV2Config, list_presets
 from .convert import CheckpointError, LoadReport, load_checkpoint
 from .model import BackboneOutput, ConvNextBackbone, ConvNextForImageClassification, build_backbone
@@ -21,6 +22,7 @@ __all__ = [
     "build_backbone",
     "list_presets",
     "load_checkpoint",
+    "release_workspace",
 ]
 
 from .export import extract_features  # noqa: E402  multi-scale feature export API (convnext_backbone.export)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = [
+    "OUTPUT_NORM_KEY",
     "ConvNextConfig",
     "ConvNextV2Config",
     "PRESETS",
     "list_presets",
     "resolve_out_features_out_indices",
     "config_from_preset_name",
+    "output_norm_name",
 ]
 
 # (depths, hidden_sizes) as published: V1 in "A ConvNet for the 2020s", V2 in "ConvNeXt V2".
@@ -54,6 +57,15 @@ def list_presets(version: str | None = None) -> list[str]:
 
 def stage_names_for(num_stages: int) -> list[str]:
     return ["stem"] + [f"stage{i}" for i in range(1, num_stages + 1)]
+
+
+def output_norm_name(stage_index: int) -> str:
+    """The output LayerNorm of stage name ``stage_names[stage_index]``: the official det/seg names,
+    ``norm{i}`` for stage i+1; the stem's norm (``norm_stem``) is ours."""
+    return "norm_stem" if stage_index == 0 else f"norm{stage_index - 1}"
+
+
+OUTPUT_NORM_KEY = re.compile(r"^(norm_stem|norm\d+)\.")  # state-dict keys of those norms
 
 
 def resolve_out_features_out_indices(
@@ -126,7 +138,7 @@ class ConvNextConfig:
         "num_channels", "patch_size", "num_stages", "hidden_sizes", "depths", "hidden_act",
         "initializer_range", "layer_norm_eps", "layer_scale_init_value", "drop_path_rate",
         "image_size", "norm_outputs", "frozen_stages", "gradient_checkpointing", "channels_last",
-        "num_labels",
+        "num_labels", "output_hidden_states",
     )
 
     def __init__(
@@ -149,6 +161,7 @@ class ConvNextConfig:
         gradient_checkpointing: bool = False,
         channels_last: bool = True,
         num_labels: int = 1000,
+        output_hidden_states: bool = False,
         **unused: Any,
     ):
         self.num_channels = int(num_channels)
@@ -168,6 +181,7 @@ class ConvNextConfig:
         self.channels_last = bool(channels_last)
         # HF classification configs carry the label count as id2label.
         self.num_labels = len(unused["id2label"]) if "id2label" in unused else int(num_labels)
+        self.output_hidden_states = bool(output_hidden_states)  # the default of forward's argument, as in transformers
         self._validate()
         self.stage_names = stage_names_for(self.num_stages)
         self._out_features, self._out_indices = resolve_out_features_out_indices(out_features, out_indices, self.stage_names)

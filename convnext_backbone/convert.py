@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .config import CONFIG_CLASSES, ConvNextConfig, ConvNextV2Config, stage_names_for
+from .config import CONFIG_CLASSES, OUTPUT_NORM_KEY, ConvNextConfig, ConvNextV2Config, output_norm_name, stage_names_for
+from .fileio import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_OUTPUT_NORM = re.compile(r"^(norm_stem|norm\d+)\.")
 
 
 class CheckpointError(ValueError):
@@ -353,7 +352,7 @@ def infer_config(state: Mapping[str, torch.Tensor], config_dict: Mapping[str, An
         if "head.weight" in state:
             kw["num_labels"] = int(state["head.weight"].shape[0])
         names = stage_names_for(num_stages)
-        norms = [i for i in range(num_stages + 1) if f"{'norm_stem' if i == 0 else f'norm{i - 1}'}.weight" in state]
+        norms = [i for i in range(num_stages + 1) if f"{output_norm_name(i)}.weight" in state]
         if norms:
             kw["out_indices"] = norms
             kw["out_features"] = [names[i] for i in norms]
@@ -401,21 +400,19 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def _is_classifier(model: nn.Module) -> bool:
+    return hasattr(model, "head")
+
+
 def _classify_extra(key: str, model: nn.Module) -> str | None:
     """Why a recognised key is legitimately unused by this model, or None if it is an error."""
-    if key.startswith(("head.", "norm.")) and not hasattr(model, "head"):
+    if key.startswith(("head.", "norm.")) and not _is_classifier(model):
         return "classification head / final norm (not used by a backbone)"
-    if _OUTPUT_NORM.match(key) and not isinstance(model, _backbone_cls()):
+    if OUTPUT_NORM_KEY.match(key) and _is_classifier(model):
         return "det/seg output norm (not used by a classifier)"
-    if _OUTPUT_NORM.match(key):
+    if OUTPUT_NORM_KEY.match(key):
         return "output norm of a stage not in out_features (or norm_outputs=False)"
     return None
-
-
-def _backbone_cls():
-    from .model import ConvNextBackbone
-
-    return ConvNextBackbone
 
 
 def load_checkpoint(
@@ -448,7 +445,7 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
     for k in own:
         if k in to_load:
             continue
-        if _OUTPUT_NORM.match(k):
+        if OUTPUT_NORM_KEY.match(k):
             report.initialized.append(k)
         elif not any(k == m for m, _, _ in report.mismatched):
             report.missing.append(k)
@@ -471,25 +468,15 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
 # save / from_pretrained
 # ---------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    arch = "ConvNextForImageClassification" if hasattr(model, "head") else "ConvNextBackbone"
+    arch = "ConvNextForImageClassification" if _is_classifier(model) else "ConvNextBackbone"
     cfg = dict(model.config.to_dict(), architectures=[arch])
-    for name, write in (
-        ("model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt", "layout": "convnext_backbone"})),
-        ("config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, out / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    atomic_write(out / "model.safetensors", save(state, metadata={"format": "pt", "layout": "convnext_backbone"}))
+    atomic_write(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out
 
 

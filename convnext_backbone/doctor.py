@@ -87,14 +87,17 @@ def check_torch() -> Check:
 
 
 def check_native_kernel() -> Check:
-    """The C depthwise kernel (convnext_backbone/dwconv.py), built with the system compiler."""
+    """The accelerator's C depthwise kernel (convnext_backbone/accel/native.py), built with the system compiler."""
     c = Check("dwconv kernel")
-    from . import dwconv
+    from . import accel
+    from .accel import native
 
-    status = dwconv.native_status()
+    status = native.native_status()
     if status == "ok":
         c.version = "built"
-        c.notes.append(f"cached in {dwconv._cache_dir()}")
+        c.notes.append(f"cached in {native._cache_dir()}")
+        if not accel.enabled():
+            c.problems.append("accelerator disabled (CONVNEXT_BACKBONE_ACCEL=0): every block runs the reference ops")
     else:
         c.version = "fallback"
         c.problems.append(f"{status}: CPU training uses torch's depthwise conv (~25% slower step)")

@@ -239,14 +239,19 @@ def test_classifier_model_shapes():
 
 
 @pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
-def test_inference_fast_path_equals_autograd_path(name):
-    """The in-place/workspace inference path and the autograd path compute the same maps."""
+def test_inference_fast_path_equals_autograd_and_reference_paths(name):
+    """The streamed inference path, the accelerated autograd path and the reference model compute the same maps."""
     model = randomize_(build_backbone(name, out_indices=[0, 1, 2, 3, 4])).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         fast = model(x).feature_maps
     slow = model(x.clone().requires_grad_()).feature_maps
     assert max_abs_diff(fast, [s.detach() for s in slow]) < 1e-5
+    model.accelerate = False
+    with torch.no_grad():
+        reference = model(x).feature_maps
+    model.accelerate = True
+    assert max_abs_diff(fast, reference) < 1e-5
     with torch.no_grad():  # the reused workspace does not leak between calls of different sizes
         small = model(torch.randn(1, 3, 32, 32)).feature_maps
         again = model(x).feature_maps
@@ -254,11 +259,9 @@ def test_inference_fast_path_equals_autograd_path(name):
 
 
 @pytest.mark.parametrize("drop_path_rate", [0.0, 0.3])
-def test_cpu_training_path_equals_plain_autograd(monkeypatch, drop_path_rate):
-    """The CPU training path (C depthwise kernel, _MLP, patch GEMMs) gives the plain ops' outputs
-    and gradients, drop path included (same random mask: same seed)."""
-    from convnext_backbone import model as model_module
-
+def test_cpu_training_path_equals_plain_autograd(drop_path_rate):
+    """The accelerated CPU training path (C depthwise kernel, lean MLP, patch GEMMs) gives the
+    reference model's outputs and gradients, drop path included (same random mask: same seed)."""
     net = randomize_(build_backbone("convnext_tiny", out_indices=[1, 2, 3, 4], depths=[1, 1, 2, 1],
                                     drop_path_rate=drop_path_rate)).train()
     x = torch.randn(2, 3, 64, 96)
@@ -271,7 +274,7 @@ def test_cpu_training_path_equals_plain_autograd(monkeypatch, drop_path_rate):
         return [m.detach() for m in maps], {k: p.grad.clone() for k, p in net.named_parameters()}
 
     fast_maps, fast_grads = run()
-    monkeypatch.setattr(model_module, "_eager_cpu", lambda x: False)
+    net.accelerate = False
     slow_maps, slow_grads = run()
     assert max_abs_diff(fast_maps, slow_maps) < 1e-5
     for k in slow_grads:
@@ -321,7 +324,7 @@ def test_bfloat16_autocast_inference_and_training(name):
 
 
 def test_workspace_survives_switching_between_inference_mode_and_no_grad():
-    from convnext_backbone.model import release_workspace
+    from convnext_backbone import release_workspace
 
     release_workspace()
     model = randomize_(build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])).eval()

@@ -32,14 +32,15 @@ DEFAULT_VERIFY_SHAPES = ((2, 3, 160, 288), (1, 3, 384, 448))
 
 
 class _FeatureTuple(nn.Module):
-    """Exporters want tensors or tuples out, not a NamedTuple of tuples."""
+    """Exporters want tensors or tuples out, not a NamedTuple of tuples. ``forward_features`` is the
+    core contract, so adapter subclasses (whose ``forward`` returns their framework's format) export too."""
 
     def __init__(self, backbone: ConvNextBackbone):
         super().__init__()
         self.backbone = backbone
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.backbone(pixel_values).feature_maps)
+        return tuple(self.backbone.forward_features(pixel_values).feature_maps)
 
 
 def _require(module: str):
@@ -100,7 +101,7 @@ def verify_onnx(
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.inference_mode():
-            ref = model(x.to(next(model.parameters()).device)).feature_maps
+            ref = model.forward_features(x.to(next(model.parameters()).device)).feature_maps
         got = session.run(None, {"pixel_values": x.numpy()})
         row = {}
         for n, r, g in zip(names, ref, got):
@@ -120,7 +121,7 @@ def export_program(model: ConvNextBackbone, path: str | os.PathLike) -> Path:
     program = torch.export.export(_FeatureTuple(model).eval(), (sample,), dynamic_shapes={"pixel_values": {0: dyn, 2: dyn, 3: dyn}})
     x = torch.randn(1, model.config.num_channels, 384, 448)  # another batch and a larger size than the sample
     with torch.inference_mode():
-        worst = max(float((a - b).abs().max()) for a, b in zip(program.module()(x), model(x).feature_maps))
+        worst = max(float((a - b).abs().max()) for a, b in zip(program.module()(x), model.forward_features(x).feature_maps))
     if worst > 1e-4:
         raise RuntimeError(f"torch.export program differs from the model by {worst:.2e} at {tuple(x.shape)}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.pt2")  # save wants .pt2

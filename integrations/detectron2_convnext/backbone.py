@@ -41,7 +41,8 @@ class D2ConvNeXt(ConvNextBackbone, Backbone):
         super().__init__(config)
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.out_features, super().forward(pixel_values).feature_maps))
+        """Detectron2's format, ``{stage name: map}``; the core contract stays ``forward_features``."""
+        return self.forward_dict(pixel_values)
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {n: ShapeSpec(channels=c, stride=s) for n, c, s in zip(self.out_features, self.channels, self.strides)}

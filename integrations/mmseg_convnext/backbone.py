@@ -214,8 +214,9 @@ class MMSegConvNeXt(ConvNextBackbone, BaseModule):
 
     # -- MMSegmentation interface ---------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        """A tuple of maps in ``out_indices`` order, what decode heads and necks index into."""
-        return super().forward(x).feature_maps
+        """A tuple of maps in ``out_indices`` order, what decode heads and necks index into; the core
+        contract (``forward_features``, ``forward_dict``, export) is unchanged."""
+        return self.forward_features(x).feature_maps
 
     def init_weights(self) -> None:
         """Apply ``init_cfg``: mmengine initializers first, then ``Pretrained`` through the core loader."""

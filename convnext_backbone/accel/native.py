@@ -1,5 +1,7 @@
 """The block's depthwise 7x7 convolution on CPU through a small C kernel (``csrc/dwconv7.c``).
 
+Part of the accelerator: only ``accel.fused`` calls it, for blocks the dispatch rule admitted.
+
 oneDNN computes the depthwise weight gradient ~7x slower than its forward: a fifth of a
 ConvNeXt-T training step on CPU. The kernel here does the weight gradient at forward speed
 and the forward/input gradient up to ~2x faster than oneDNN (stage-1 sizes, output buffer
@@ -8,7 +10,8 @@ already resident), with the same float32 numerics class
 oneDNN's). It is compiled once per machine with the system C compiler (~0.2 s) into the user
 cache and loaded with ctypes; the threads that run it are Python threads, since ctypes
 releases the GIL. Without a compiler, or with ``CONVNEXT_BACKBONE_NATIVE=0``, everything
-falls back to ``torch.nn.functional.conv2d`` with one warning.
+falls back to ``torch.nn.functional.conv2d`` with one warning. Nothing is compiled at import:
+the first accelerated call builds (or finds) the library.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
-__all__ = ["depthwise7", "depthwise7_norm", "native_status", "norm_fusable", "sum_of_squares", "usable"]
+__all__ = ["depthwise7", "depthwise7_norm_rows", "native_status", "norm_fusable", "sum_of_squares", "usable"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def _load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(_build()))
             ptr, i64 = ctypes.c_void_p, ctypes.c_long
-            lib.dwconv7_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 6
+            lib.dwconv7_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 7
             lib.dwconv7_grad_weight.argtypes = [ptr, ptr, ptr] + [i64] * 6
             lib.sum_of_squares_rows.argtypes = [ptr, ptr] + [i64] * 4
             lib.dwconv7_forward.restype = lib.dwconv7_grad_weight.restype = lib.sum_of_squares_rows.restype = None
@@ -138,7 +141,10 @@ def native_status() -> str:
 
 
 def usable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """The kernel's domain: CPU float32 NHWC memory, 7x7/stride 1/pad 3 depthwise, C % 8 == 0, no hooks."""
+    """The kernel's domain: CPU float32 NHWC memory, 7x7/stride 1/pad 3 depthwise, C % 8 == 0.
+
+    Whether the conv may be computed here at all (no hooks, stock module, eager mode) is the
+    dispatch rule's question (``accel.accelerates``), asked before this."""
     c = x.shape[1] if x.ndim == 4 else 0
     return (
         x.dtype == torch.float32
@@ -147,7 +153,6 @@ def usable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
         and conv.groups == c == conv.out_channels
         and conv.kernel_size == (7, 7) and conv.stride == (1, 1) and conv.padding == (3, 3) and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
-        and not conv._forward_hooks and not conv._forward_pre_hooks
         and x.is_contiguous(memory_format=torch.channels_last)  # NHWC dense (size-1 dims' strides ignored)
         and _load() is not None
     )
@@ -161,19 +166,20 @@ def _parts(rows: int) -> int:
     return max(1, min(torch.get_num_threads(), rows))
 
 
-def _run_rows(fn, rows: int, args_for, parts: int | None = None) -> None:
-    """Call ``fn(*args_for(k), r0, r1)`` on ``parts`` (torch's thread count) row ranges; ctypes drops the GIL."""
+def _run_rows(fn, rows: int, args_for, parts: int | None = None, offset: int = 0, extra: tuple = ()) -> None:
+    """Call ``fn(*args_for(k), r0, r1, *extra)`` on ``parts`` (torch's thread count) ranges of the rows
+    ``[offset, offset + rows)``; ctypes drops the GIL."""
     global _pool, _pool_size
     parts = parts or _parts(rows)
-    bounds = [rows * k // parts for k in range(parts + 1)]
+    bounds = [offset + rows * k // parts for k in range(parts + 1)]
     if parts == 1:
-        fn(*args_for(0), 0, rows)
+        fn(*args_for(0), offset, offset + rows, *extra)
         return
     with _lock:
         if _pool is None or _pool_size < parts:
             _pool, _pool_size = ThreadPoolExecutor(parts, thread_name_prefix="convnext-dwconv"), parts
         pool = _pool
-    futures = [pool.submit(fn, *args_for(k), bounds[k], bounds[k + 1]) for k in range(parts)]
+    futures = [pool.submit(fn, *args_for(k), bounds[k], bounds[k + 1], *extra) for k in range(parts)]
     for f in futures:
         f.result()
 
@@ -186,23 +192,28 @@ def _summed_rows(fn, rows: int, acc_shape: tuple[int, ...], args_for) -> torch.T
     return acc.sum(0)
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             norm: nn.LayerNorm | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """NCHW-shaped NHWC result; with ``norm``, the (N, H, W, C) LayerNorm output written to ``out``."""
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv(x)``, NCHW-shaped with NHWC memory."""
+    n, c, h, w = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    _call_forward(x, weight, bias, y, None, 0, n * h)
+    return y
+
+
+def _call_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
+                  norm: nn.LayerNorm | None, r0: int, r1: int) -> None:
+    """Output rows ``[r0, r1)`` of the N*H image rows into ``y``, which starts at row ``r0``."""
     n, c, h, w = x.shape
     wt = weight.detach().reshape(c, 49).t().contiguous()  # (tap, channel): a vector load per tap
     b = None if bias is None else bias.detach().contiguous()
     if norm is None:
-        y = torch.empty_like(x, memory_format=torch.channels_last)
         ln = (None, None, 0.0)
     else:
-        y = out if out is not None else x.new_empty(n, h, w, c)
         ln_w, ln_b = norm.weight.detach().contiguous(), norm.bias.detach().contiguous()
         ln = (ln_w.data_ptr(), ln_b.data_ptr(), norm.eps)
     ptrs = (x.data_ptr(), wt.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), *ln, n, h, w, c)
     with record_function("convnext::dwconv7" + ("_layernorm" if norm is not None else "")):  # visible in torch.profiler
-        _run_rows(_require().dwconv7_forward, n * h, lambda k: ptrs)
-    return y
+        _run_rows(_require().dwconv7_forward, r1 - r0, lambda k: ptrs, offset=r0, extra=(r0,))
 
 
 def _grad_weight(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -241,17 +252,18 @@ class _DepthwiseConv7(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def depthwise7_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.LayerNorm, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``norm(conv(x).permute(0, 2, 3, 1))`` in one pass, no autograd (inference): the LayerNorm
-    runs on each tile while it is in cache, and the conv output never goes to memory."""
-    return _forward(x, conv.weight, conv.bias, norm, out)
+def depthwise7_norm_rows(x: torch.Tensor, conv: nn.Conv2d, norm: nn.LayerNorm, out: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """``norm(conv(x).permute(0, 2, 3, 1))`` for the image rows ``[r0, r1)`` of the N*H rows, written to
+    ``out`` ((r1 - r0) * W rows of C), no autograd (inference): the LayerNorm runs on each tile while
+    it is in cache, and the conv output never goes to memory."""
+    _call_forward(x, conv.weight, conv.bias, out, norm, r0, r1)
+    return out
 
 
-def norm_fusable(norm: nn.Module, channels: int) -> bool:
+def norm_fusable(norm: nn.LayerNorm, channels: int) -> bool:
     return (
-        isinstance(norm, nn.LayerNorm) and tuple(norm.normalized_shape) == (channels,) and norm.weight is not None
-        and norm.bias is not None and norm.weight.dtype == torch.float32 and not norm._forward_hooks
-        and not norm._forward_pre_hooks
+        tuple(norm.normalized_shape) == (channels,) and norm.weight is not None and norm.bias is not None
+        and norm.weight.dtype == torch.float32
     )
 
 

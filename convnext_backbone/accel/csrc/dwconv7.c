@@ -23,7 +23,7 @@ static inline void store8(float *p, v8 v) { *(v8 *)p = v; }
 
 /* TILE output columns starting at w0 of row (n, h); `interior` means no column check is needed. */
 static inline void forward_tile(const float *x, const float *wt, const float *bias, float *y,
-                                long n, long h, long H, long W, long C, long w0, int interior) {
+                                long n, long h, long yr, long H, long W, long C, long w0, int interior) {
     for (long cb = 0; cb < C; cb += 8) {
         v8 acc[TILE];
         v8 b = bias ? load8(bias + cb) : (v8){0};
@@ -45,7 +45,7 @@ static inline void forward_tile(const float *x, const float *wt, const float *bi
                 }
             }
         }
-        float *yp = y + ((n * H + h) * W + w0) * C + cb;
+        float *yp = y + (yr * W + w0) * C + cb;
         for (int t = 0; t < TILE; ++t)
             if (w0 + t < W) store8(yp + t * C, acc[t]);
     }
@@ -53,9 +53,9 @@ static inline void forward_tile(const float *x, const float *wt, const float *bi
 
 /* LayerNorm over the C channels of each of the tile's pixels, in place while they are in cache. */
 static inline void layer_norm_tile(float *y, const float *ln_w, const float *ln_b, float eps,
-                                   long n, long h, long H, long W, long C, long w0) {
+                                   long yr, long W, long C, long w0) {
     for (int t = 0; t < TILE && w0 + t < W; ++t) {
-        float *p = y + ((n * H + h) * W + w0 + t) * C;
+        float *p = y + (yr * W + w0 + t) * C;
         v8 s = (v8){0};
         for (long cb = 0; cb < C; cb += 8) s += load8(p + cb);
         float mean = 0.f;
@@ -74,19 +74,21 @@ static inline void layer_norm_tile(float *y, const float *ln_w, const float *ln_
 }
 
 /* y[n,h,w,c] = bias[c] + sum_ij wt[(i*7+j)*C + c] * x[n, h+i-3, w+j-3, c]; bias may be NULL.
- * With ln_w/ln_b (not NULL), y is then layer-normalised over c (the block's LayerNorm, fused). */
+ * With ln_w/ln_b (not NULL), y is then layer-normalised over c (the block's LayerNorm, fused).
+ * Row r = n*H + h of the output goes to row r - y_row0 of y, so y may hold just rows
+ * [y_row0, ...): the inference path streams a block over chunks of rows. */
 void dwconv7_forward(const float *x, const float *wt, const float *bias, float *y,
                      const float *ln_w, const float *ln_b, float eps,
-                     long N, long H, long W, long C, long r0, long r1) {
+                     long N, long H, long W, long C, long r0, long r1, long y_row0) {
     (void)N;
     for (long r = r0; r < r1; ++r) {
-        long n = r / H, h = r % H;
+        long n = r / H, h = r % H, yr = r - y_row0;
         for (long w0 = 0; w0 < W; w0 += TILE) {
             if (w0 >= PAD && w0 + TILE - 1 + PAD < W)
-                forward_tile(x, wt, bias, y, n, h, H, W, C, w0, 1);
+                forward_tile(x, wt, bias, y, n, h, yr, H, W, C, w0, 1);
             else
-                forward_tile(x, wt, bias, y, n, h, H, W, C, w0, 0);
-            if (ln_w) layer_norm_tile(y, ln_w, ln_b, eps, n, h, H, W, C, w0);
+                forward_tile(x, wt, bias, y, n, h, yr, H, W, C, w0, 0);
+            if (ln_w) layer_norm_tile(y, ln_w, ln_b, eps, yr, W, C, w0);
         }
     }
 }
