@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import frameworks, report
-from .measure import PeakMemory, autocast_context, forward_flops, make_step, set_mode, summarize, time_once
+from .measure import PeakMemory, autocast_context, forward_flops, make_step, set_mode, shape_str, summarize, time_once
 from .peers import Impl, build_impls, checkpointed_copy, max_abs_diff, model_label, resolve_model_name
 
 DEFAULTS = {
@@ -52,10 +52,6 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1 or min(shape[2:]) < 32:
         raise ValueError(f"bad shape {text!r}: expected NxCxHxW with C=3 and H, W >= 32, e.g. 2x3x800x1216")
     return shape  # type: ignore[return-value]
-
-
-def shape_str(shape: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in shape)
 
 
 def _csv(text: str) -> list[str]:

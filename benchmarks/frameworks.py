@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .measure import PeakMemory, autocast_context, summarize, time_once
+from .measure import PeakMemory, autocast_context, shape_str, summarize, time_once
 
 PIPELINES = {"d2": "Detectron2 Mask R-CNN", "mmseg": "MMSeg UperNet"}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -132,7 +132,6 @@ def run(key: str, args: argparse.Namespace, memory: PeakMemory, progress) -> dic
     """Time one pipeline's training step (warmup, memory on the last warmup, then
     ``--framework-repeats`` runs); or skip it, saying why."""
     from .peers import model_label
-    from .backbone import shape_str
 
     shape = SHAPES[key][1 if args.quick else 0]
     row: dict[str, Any] = {"pipeline": PIPELINES[key], "key": key, "model": model_label(args.framework_model),

@@ -30,6 +30,10 @@ MiB = 1024.0 * 1024.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
 def autocast_context(device: str, dtype: str) -> Callable[[], contextlib.AbstractContextManager]:
     """fp32 runs as is; bf16/fp16 run under ``torch.autocast`` (weights stay fp32, as in training)."""
     if dtype == "float32":
