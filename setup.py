@@ -18,7 +18,7 @@ EXTRAS = {
     "detectron2": ["detectron2", "pycocotools", "opencv-python", "shapely"],
     "mmseg": ["mmcv==2.1.0", "mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
     "export": ["onnx", "onnxruntime", "matplotlib"],
-    "test": ["pytest", "transformers>=5,<6", "timm>=1.0"],
+    "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -8,10 +8,14 @@ negative indices are normalised and tuples are accepted.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Sequence
+
+from .fileio import atomic_write
 
 __all__ = [
     "OUTPUT_NORM_KEY",
@@ -78,8 +82,13 @@ def resolve_out_features_out_indices(
     Neither given: the last stage. One given: the other derived. Both: they must agree.
     Always a subset of ``stage_names``, without duplicates, in stage order.
     """
+    if stage_names is None or isinstance(stage_names, str) or not isinstance(stage_names, (list, tuple)):
+        raise ValueError(f"stage_names must be a list of stage names such as ['stem', 'stage1', ...], got {stage_names!r}")
     names = list(stage_names)
     n = len(names)
+    for arg, value in (("out_features", out_features), ("out_indices", out_indices)):
+        if isinstance(value, (list, tuple)) and len(value) == 0:
+            raise ValueError(f"{arg} is empty; select at least one stage from {names} (or leave it unset for the last stage)")
     if out_features is not None:
         if isinstance(out_features, str) or not isinstance(out_features, (list, tuple)):
             raise ValueError(f"out_features must be a list of stage names from {names}, got {out_features!r}")
@@ -123,6 +132,39 @@ def resolve_out_features_out_indices(
     return out_features, out_indices
 
 
+def closest(name: str, choices, what: str) -> str:
+    """``; did you mean 'x'? (the presets are [...])`` for a misspelt ``name``: the suggestion only
+    when one is close, the valid names always."""
+    choices = [str(c) for c in choices]
+    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75)
+    listed = f"{what} are {choices}"
+    return f"; did you mean {match[0]!r}? ({listed})" if match else f"; {listed}"
+
+
+def _integer(field: str, value: Any) -> int:
+    """``int(value)`` for an integral value; ``frozen_stages=1.5`` or ``"2"`` is an error, not 1 or 2."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Number) or value != int(value):
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    return int(value)
+
+
+# Keys of a transformers config.json that are not ConvNeXt fields (PretrainedConfig's generic
+# attributes and bookkeeping): read and ignored. Any other unknown key is a typo and an error.
+HF_GENERIC_KEYS = frozenset({
+    "_name_or_path", "_commit_hash", "_attn_implementation_autoset", "_output_attentions", "add_cross_attention",
+    "architectures", "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "chunk_size_feed_forward",
+    "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty", "do_sample", "dtype",
+    "early_stopping", "encoder_no_repeat_ngram_size", "eos_token_id", "exponential_decay_length_penalty",
+    "finetuning_task", "forced_bos_token_id", "forced_eos_token_id", "id2label", "is_decoder", "is_encoder_decoder",
+    "label2id", "length_penalty", "max_length", "min_length", "model_type", "no_repeat_ngram_size",
+    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions", "output_scores", "pad_token_id",
+    "prefix", "problem_type", "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict",
+    "return_dict_in_generate", "sep_token_id", "stage_names", "suppress_tokens", "task_specific_params",
+    "temperature", "tf_legacy_loss", "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k",
+    "top_p", "torch_dtype", "torchscript", "transformers_version", "typical_p", "use_bfloat16", "use_cache",
+})
+
+
 class ConvNextConfig:
     """ConvNeXt V1 configuration (HF field names) plus the backbone training knobs.
 
@@ -164,11 +206,15 @@ class ConvNextConfig:
         output_hidden_states: bool = False,
         **unused: Any,
     ):
-        self.num_channels = int(num_channels)
-        self.patch_size = int(patch_size)
-        self.num_stages = int(num_stages)
-        self.hidden_sizes = [int(h) for h in hidden_sizes]
-        self.depths = [int(d) for d in depths]
+        unknown = sorted(k for k in unused if k not in HF_GENERIC_KEYS)
+        if unknown:
+            k = unknown[0]
+            raise ValueError(f"unknown {type(self).__name__} field {k!r}{closest(k, self._fields + ('out_features', 'out_indices'), 'the fields')}")
+        self.num_channels = _integer("num_channels", num_channels)
+        self.patch_size = _integer("patch_size", patch_size)
+        self.num_stages = _integer("num_stages", num_stages)
+        self.hidden_sizes = [_integer("hidden_sizes", h) for h in hidden_sizes]
+        self.depths = [_integer("depths", d) for d in depths]
         self.hidden_act = hidden_act
         self.initializer_range = float(initializer_range)
         self.layer_norm_eps = float(layer_norm_eps)
@@ -176,11 +222,11 @@ class ConvNextConfig:
         self.drop_path_rate = float(drop_path_rate)
         self.image_size = image_size
         self.norm_outputs = bool(norm_outputs)
-        self.frozen_stages = int(frozen_stages)
+        self.frozen_stages = _integer("frozen_stages", frozen_stages)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.channels_last = bool(channels_last)
         # HF classification configs carry the label count as id2label.
-        self.num_labels = len(unused["id2label"]) if "id2label" in unused else int(num_labels)
+        self.num_labels = len(unused["id2label"]) if "id2label" in unused else _integer("num_labels", num_labels)
         self.output_hidden_states = bool(output_hidden_states)  # the default of forward's argument, as in transformers
         self._validate()
         self.stage_names = stage_names_for(self.num_stages)
@@ -226,11 +272,20 @@ class ConvNextConfig:
     def channels_per_stage(self) -> list[int]:
         return [self.hidden_sizes[0]] + list(self.hidden_sizes)
 
+    @property
+    def architecture(self) -> str:
+        """The preset name (``convnextv2_atto``) when the shape is a published one, else the shape."""
+        shape = (tuple(self.depths), tuple(self.hidden_sizes))
+        name = next((size for size, preset in PRESETS[self.model_type].items() if preset == shape), None)
+        if name is not None and self.num_channels == 3 and self.patch_size == 4:
+            return f"{self.model_type}_{name}"
+        return f"{self.model_type}(depths={self.depths}, hidden_sizes={self.hidden_sizes})"
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ConvNextConfig":
         presets = PRESETS[cls.model_type]
         if name not in presets:
-            raise ValueError(f"unknown {cls.model_type} preset {name!r}; expected one of {list(presets)}")
+            raise ValueError(f"unknown {cls.model_type} preset {name!r}{closest(name, presets, 'the presets')}")
         depths, hidden_sizes = presets[name]
         kwargs: dict[str, Any] = {"depths": depths, "hidden_sizes": hidden_sizes}
         kwargs.update(overrides)
@@ -260,7 +315,7 @@ class ConvNextConfig:
         return target(**d)
 
     def to_json_file(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_json_file(cls, path: str | Path, **overrides: Any) -> "ConvNextConfig":
@@ -303,5 +358,5 @@ def config_from_preset_name(name: str, **overrides: Any) -> ConvNextConfig:
     key = name.strip().lower().replace("-", "_")
     version, _, size = key.partition("_")
     if version not in CONFIG_CLASSES or size not in PRESETS[version]:
-        raise ValueError(f"unknown preset {name!r}; expected one of {list_presets()}")
+        raise ValueError(f"unknown preset {name!r}{closest(key, list_presets(), 'the presets')}")
     return CONFIG_CLASSES[version].from_preset(size, **overrides)

@@ -383,9 +383,10 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def errors(self) -> list[str]:
-        lines = [f"missing from checkpoint: {k}" for k in self.missing]
+        """Shape mismatches first: they say most about what went wrong (another architecture)."""
+        lines = [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched]
+        lines += [f"missing from checkpoint: {k}" for k in self.missing]
         lines += [f"unexpected key in checkpoint: {k}" for k in self.unexpected]
-        lines += [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched]
         return lines
 
     def summary(self) -> str:
@@ -415,18 +416,38 @@ def _classify_extra(key: str, model: nn.Module) -> str | None:
     return None
 
 
+STRICT_HINT = "Pass strict=False to load what matches and get the report instead."
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
     strict: bool = True,
+    hint: str | None = STRICT_HINT,
 ) -> LoadReport:
-    """Load any supported format into ``model``; strict raises on any real mismatch."""
+    """Load any supported format into ``model``; strict raises on any real mismatch (``hint`` ends the message)."""
     state = read_checkpoint(checkpoint)[0] if isinstance(checkpoint, (str, os.PathLike)) else dict(checkpoint)
     conv = convert_state_dict(state)
-    return load_converted(model, conv, strict=strict, source=str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict")
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    return load_converted(model, conv, strict=strict, source=source, hint=hint)
 
 
-def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint") -> LoadReport:
+def _architectures(conv: Conversion, model: nn.Module) -> str:
+    """``checkpoint is convnextv2_atto, model is convnextv2_small. `` when they differ, else ``''``."""
+    config = getattr(model, "config", None)
+    try:
+        theirs = infer_config(conv.state_dict).architecture
+    except (CheckpointError, ValueError, KeyError, IndexError):
+        return ""
+    ours = config.architecture if isinstance(config, ConvNextConfig) else type(model).__name__
+    return f"checkpoint is {theirs}, model is {ours}. " if theirs != ours else ""
+
+
+def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",
+                   hint: str | None = STRICT_HINT) -> LoadReport:
+    """Load a converted state dict; with ``strict`` any real mismatch raises ``CheckpointError``
+    naming both architectures when they differ, then the keys (shape mismatches first), then ``hint``
+    (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint)."""
     report = LoadReport(conv.source_format, dropped=list(conv.dropped), unexpected=list(conv.unknown))
     own = model.state_dict()
     to_load: dict[str, torch.Tensor] = {}
@@ -453,9 +474,8 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
         errs = report.errors()
         shown = "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
         raise CheckpointError(
-            f"{source} ({conv.source_format} layout) does not match {type(model).__name__} "
-            f"({getattr(model, 'config', None) and type(model.config).__name__}):\n  {shown}\n"
-            "Pass strict=False to load what matches and get the report instead."
+            f"{source} ({conv.source_format} layout) does not match {type(model).__name__}: {_architectures(conv, model)}"
+            f"{len(errs)} problem(s):\n  {shown}" + (f"\n{hint}" if hint else "")
         )
     with torch.no_grad():
         for k, v in to_load.items():

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         config = infer_config(conv.state_dict, config_dict, **overrides)
         cls = ConvNextBackbone if args.to == "backbone" else ConvNextForImageClassification
         model = cls(config)
-        report = load_converted(model, conv, strict=not args.no_strict, source=str(local))
+        report = load_converted(model, conv, strict=not args.no_strict, source=str(local),
+                                hint="Pass --no-strict to write what matches (the report lists the rest).")
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"convert failed: {e}")
         return 2

@@ -74,6 +74,12 @@ def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
+def _flag(value: bool | None, default: bool) -> bool:
+    """An optional bool argument; fx symbolic tracing passes every argument as a Proxy, which
+    cannot steer control flow, so a traced graph takes the config's default."""
+    return default if value is None or isinstance(value, torch.fx.Proxy) else bool(value)
+
+
 class _ConvNextTrunk(nn.Module):
     """Stem, downsampling layers and stages shared by the backbone and the classifier."""
 
@@ -265,8 +271,7 @@ class ConvNextBackbone(_ConvNextTrunk):
 
     def forward_features(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None) -> BackboneOutput:
         """The core contract every adapter keeps: ``BackboneOutput(feature_maps, hidden_states)``."""
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
         last = self.config.num_stages if output_hidden_states else max(self.out_indices)
         hidden = self.forward_trunk(pixel_values, last)
         maps = []
@@ -319,8 +324,7 @@ class ConvNextForImageClassification(_ConvNextTrunk):
         self.init_weights()
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None) -> ClassifierOutput:
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
         hidden = self.forward_trunk(pixel_values, self.config.num_stages)
         pooled = self.norm(hidden[-1].mean(dim=(-2, -1)))
         return ClassifierOutput(self.head(pooled), pooled, tuple(hidden) if output_hidden_states else None)

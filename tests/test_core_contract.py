@@ -147,7 +147,7 @@ def test_small_image_allowed_when_only_shallow_outputs_requested():
 def test_unknown_preset_errors():
     with pytest.raises(ValueError, match=r"unknown preset 'convnext_gigantic'.*convnextv2_atto"):
         build_backbone("convnext_gigantic")
-    with pytest.raises(ValueError, match=r"expected one of \['atto'"):
+    with pytest.raises(ValueError, match=r"did you mean 'tiny'\? \(the presets are \['atto'"):
         ConvNextV2Config.from_preset("tiny2")
     with pytest.raises(ValueError, match="layer scale"):
         ConvNextV2Config(layer_scale_init_value=1e-6)
@@ -313,7 +313,9 @@ def test_bfloat16_autocast_inference_and_training(name):
         ref = model(x).feature_maps
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x).feature_maps
-    assert all(f.dtype == torch.bfloat16 for f in low)
+    # bf16 GEMMs ran (the result differs from fp32); the residual stream may stay fp32 where a
+    # float32 parameter (V1 layer scale, as in the official code) multiplies it
+    assert max_abs_diff(ref, low) > 0 and all(f.dtype in (torch.bfloat16, torch.float32) for f in low)
     for a, b in zip(ref, low):
         assert (a - b.float()).abs().max() < 0.1 * a.abs().max()  # bf16 has 8 bits of mantissa
     model.train()
