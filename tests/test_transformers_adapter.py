@@ -14,6 +14,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import huggingface_hub.constants
+
+# huggingface_hub reads the variable once, when first imported (in a full run: by an earlier test module)
+huggingface_hub.constants.HF_HUB_OFFLINE = True
+
 import pytest
 import torch
 import transformers
@@ -57,6 +62,8 @@ def pixels():
 def _backbone_grads_ok(model):
     """Every trainable backbone parameter got a finite gradient, and the first and last layers a nonzero one."""
     _, backbone = find_backbone(model)
+    # nothing hooked into the backbone's modules: the core's fused paths stay eligible inside the model
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in backbone.modules())
     named = dict(backbone.named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and p.grad is None]
     assert not missing, missing[:5]
@@ -78,6 +85,8 @@ def test_config_from_preset_and_core_errors():
     cfg.out_indices = [2, 4]  # HF setter semantics: the other one follows
     assert cfg.out_features == ["stage2", "stage4"]
     assert type(AutoConfig.for_model("convnext_backbone", version="v2")) is ConvNextBackboneConfig
+    nested = UperNetConfig(backbone_config=cfg.to_dict())  # as in a config.json: resolved through AutoConfig
+    assert type(nested.backbone_config) is ConvNextBackboneConfig and nested.backbone_config.to_core_config() == cfg.to_core_config()
 
     with pytest.raises(ValueError, match=r"unknown preset 'convnextv2_gigantic'; expected one of \['convnext_tiny'"):
         ConvNextBackboneConfig.from_preset("convnextv2_gigantic")
