@@ -23,6 +23,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -35,7 +36,7 @@ from transformers import (
     UperNetForSemanticSegmentation,
 )
 
-from convnext_backbone import ConvNextBackbone, build_backbone
+from convnext_backbone import CheckpointError, ConvNextBackbone, build_backbone
 from convnext_backbone.config import config_from_preset_name
 from transformers_convnext import (
     ConvNextBackboneConfig,
@@ -197,6 +198,39 @@ def test_hf_upernet_checkpoint_loads_with_our_backbone(version, tmp_path, pixels
     assert type(reloaded.backbone) is ConvNextBackboneModel
     with torch.no_grad():
         assert max_abs_diff(reloaded(pixels).logits, expected) <= TOL
+
+
+def test_hf_checkpoint_conversion_is_strict(tmp_path):
+    backbone = transformers.ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], out_features=ALL4)
+    UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=3)).save_pretrained(tmp_path)
+    full = load_file(str(tmp_path / "model.safetensors"))
+    for key, message in [
+        ("decode_head.classifier.weight", r"(?s)outside the backbone, .*missing from checkpoint: decode_head.classifier.weight"),
+        ("backbone.encoder.stages.1.layers.0.dwconv.weight", r"(?s)backbone tensors \(under 'backbone.'\).*missing from checkpoint: stages.1.0.dwconv.weight"),
+    ]:
+        save_file({k: v for k, v in full.items() if k != key}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match=message):
+            from_hf_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"expected a transformers ConvNeXt config \(model_type one of \['convnext', 'convnextv2'\]\), got model_type 'resnet'"):
+        ConvNextBackboneConfig.from_hf_config(transformers.ResNetConfig())
+
+
+def test_hf_detr_checkpoint_loads_with_our_backbone(tmp_path, pixels):
+    # DETR's save_pretrained renames its backbone path (backbone.conv_encoder): found by the stem weight
+    depths, hidden = ATTO
+    backbone = transformers.ConvNextV2Config(depths=depths, hidden_sizes=hidden, out_features=["stage4"])
+    config = DetrConfig(
+        backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=5, num_labels=3,
+    )
+    ref = randomize_(DetrForObjectDetection(config), seed=5).eval()
+    ref.save_pretrained(tmp_path)
+    ours = from_hf_pretrained(tmp_path)
+    assert type(ours.model.backbone.model) is ConvNextBackboneModel and ours.backbone_load_report.ok
+    mask = torch.ones(2, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        expected, got = ref(pixel_values=pixels, pixel_mask=mask), ours(pixel_values=pixels, pixel_mask=mask)
+    assert max_abs_diff(got.logits, expected.logits) <= TOL and max_abs_diff(got.pred_boxes, expected.pred_boxes) <= TOL
 
 
 def test_core_checkpoint_formats_initialise_the_backbone(tmp_path, pixels):

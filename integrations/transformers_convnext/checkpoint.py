@@ -4,7 +4,8 @@
   ``ConvNextBackbone`` / ``ConvNextV2Backbone`` (e.g. ``openmmlab/upernet-convnext-tiny``) becomes the
   same model with our backbone: the config's ``backbone_config`` is translated field by field, the
   backbone's tensors are renamed by the core converter (``convnext_backbone.convert``, the single
-  rule set), every other tensor loads unchanged. Same weights, same outputs.
+  rule set), every other tensor loads through transformers' own ``from_pretrained``. Same weights,
+  same outputs.
 - ``convert_hf_checkpoint(src, dst)``: the same, saved with ``save_pretrained`` so that plain
   ``UperNetForSemanticSegmentation.from_pretrained(dst)`` loads it afterwards.
 - ``load_backbone_weights(model, checkpoint)``: any checkpoint format the core reads (official,
@@ -16,6 +17,7 @@ Command line: ``python -m transformers_convnext.checkpoint SRC DST`` runs ``conv
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,43 +89,87 @@ def from_hf_pretrained(
     ``openmmlab/upernet-convnext-*``), or one that already uses ``convnext_backbone``.
     ``model_class``: defaults to ``config.architectures[0]``. ``backbone_kwargs`` override fields of
     the translated backbone config (e.g. ``drop_path_rate=0.3``, ``frozen_stages=0``).
-    Returns the model in eval mode; ``model.backbone_load_report`` is the core's report.
+
+    Everything but the backbone loads through transformers' own ``from_pretrained`` (its key
+    conversions, dtype, shards); the backbone's tensors go through the core converter. Strict:
+    any tensor of either part that does not fit raises ``CheckpointError``. Returns the model in
+    eval mode; ``model.backbone_load_report`` is the core's report.
     """
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
     local = resolve_pretrained(pretrained)
     directory = local if local.is_dir() else local.parent
     config = AutoConfig.from_pretrained(str(directory))
     source_backbone = getattr(config, "backbone_config", None)
     if source_backbone is None:
-        raise ValueError(f"{directory}: config has no backbone_config ({type(config).__name__}); nothing to convert")
+        raise ValueError(
+            f"{directory}: {type(config).__name__} has no backbone_config, nothing to convert; for a bare backbone "
+            "checkpoint use load_backbone_weights(ConvNextBackboneModel(config), path)"
+        )
     if isinstance(source_backbone, ConvNextBackboneConfig):
         config.backbone_config = source_backbone.with_overrides(**backbone_kwargs) if backbone_kwargs else source_backbone
     else:
         config.backbone_config = ConvNextBackboneConfig.from_hf_config(source_backbone, **backbone_kwargs)
-    model = _transformers_class(config, model_class)(config)
-    prefix, backbone = find_backbone(model)
+    cls = _transformers_class(config, model_class)
 
-    state, _ = read_checkpoint(local)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would list the backbone tensors loaded below as missing/unexpected
+    try:
+        model, info = cls.from_pretrained(str(directory), config=config, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    prefix, backbone = find_backbone(model)
     lead = f"{prefix}." if prefix else ""
-    backbone_state = {k[len(lead):]: v for k, v in state.items() if k.startswith(lead)}
-    rest = {k: v for k, v in state.items() if not k.startswith(lead)} if lead else {}
-    if not backbone_state:
-        raise CheckpointError(f"{local}: no tensors under {lead!r}, where {type(model).__name__} keeps its backbone")
-    report = load_checkpoint(backbone.core_model, backbone_state, strict=strict)
-    if rest:
-        result = model.load_state_dict(rest, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(lead)]
-        unexpected = list(result.unexpected_keys)
-        if strict and (missing or unexpected):
-            lines = [f"missing from checkpoint: {k}" for k in missing] + [f"unexpected key in checkpoint: {k}" for k in unexpected]
-            raise CheckpointError(
-                f"{local}: the non-backbone part does not match {type(model).__name__}:\n  " + "\n  ".join(lines[:20])
-                + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
-            )
+
+    state = _read_state(local)
+    disk_lead = _backbone_prefix_on_disk(state, lead, local)
+    backbone_state = {k[len(disk_lead):]: v for k, v in state.items() if k.startswith(disk_lead)}
+    try:
+        report = load_checkpoint(backbone.core_model, backbone_state, strict=strict)
+    except CheckpointError as e:
+        raise CheckpointError(f"{local}: the backbone tensors (under {disk_lead!r}): {e}") from None
+
+    # transformers reports, in the model's names, what it left to us: that must be the backbone and nothing else
+    foreign = [f"missing from checkpoint: {k}" for k in sorted(info["missing_keys"]) if not k.startswith(lead)]
+    foreign += [f"unexpected key in checkpoint: {k}" for k in sorted(info["unexpected_keys"]) if not k.startswith(lead)]
+    foreign += [f"shape mismatch: {m}" for m in info.get("mismatched_keys", ())]
+    if strict and foreign:
+        raise CheckpointError(
+            f"{local}: outside the backbone, the checkpoint does not match {cls.__name__}:\n  " + "\n  ".join(foreign[:20])
+            + (f"\n  ... and {len(foreign) - 20} more" if len(foreign) > 20 else "")
+        )
     model.eval()
     model.backbone_load_report = report
     return model
+
+
+def _read_state(local: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, by their names on disk (sharded safetensors included)."""
+    directory = local if local.is_dir() else local.parent
+    index = directory / "model.safetensors.index.json"
+    if local.is_dir() and index.is_file() and not (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+    return read_checkpoint(local)[0]
+
+
+def _backbone_prefix_on_disk(state: Mapping[str, torch.Tensor], lead: str, where: Any) -> str:
+    """Where the backbone's tensors are in the file: the model's own path, or (for models whose
+    transformers save renames that path, e.g. DETR's ``backbone.conv_encoder``) the prefix of HF
+    ConvNeXt's stem weight."""
+    if any(k.startswith(lead) for k in state):
+        return lead
+    stem = "embeddings.patch_embeddings.weight"
+    found = sorted({k[: -len(stem)] for k in state if k.endswith(stem)})
+    if len(found) == 1:
+        return found[0]
+    raise CheckpointError(
+        f"{where}: no backbone tensors under {lead!r} (where the model keeps its backbone) and "
+        f"{'several' if found else 'no'} HF ConvNeXt stem weight(s) ({found or stem!r}) to find them by"
+    )
 
 
 def convert_hf_checkpoint(
