@@ -91,7 +91,8 @@ def test_config_from_preset_and_core_errors():
 
     with pytest.raises(ValueError, match=r"unknown preset 'convnextv2_gigantic'; expected one of \['convnext_tiny'"):
         ConvNextBackboneConfig.from_preset("convnextv2_gigantic")
-    with pytest.raises(ValueError, match=r"out_features must be a subset of stage_names \['stem', 'stage1', 'stage2', 'stage3', 'stage4'\]; unknown: \['stage5'\]"):
+    subset = r"out_features must be a subset of stage_names \['stem', 'stage1', 'stage2', 'stage3', 'stage4'\]; unknown: \['stage5'\]"
+    with pytest.raises(ValueError, match=subset):
         ConvNextBackboneConfig.from_preset("convnextv2_atto", out_features=["stage5"])
     with pytest.raises(ValueError, match=r"out_features must follow the order of stage_names"):
         ConvNextBackboneConfig(out_features=["stage4", "stage1"])
@@ -202,16 +203,19 @@ def test_hf_upernet_checkpoint_loads_with_our_backbone(version, tmp_path, pixels
 
 def test_hf_checkpoint_conversion_is_strict(tmp_path):
     backbone = transformers.ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], out_features=ALL4)
-    UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=3)).save_pretrained(tmp_path)
+    config = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=3)
+    UperNetForSemanticSegmentation(config).save_pretrained(tmp_path)
     full = load_file(str(tmp_path / "model.safetensors"))
     for key, message in [
         ("decode_head.classifier.weight", r"(?s)outside the backbone, .*missing from checkpoint: decode_head.classifier.weight"),
-        ("backbone.encoder.stages.1.layers.0.dwconv.weight", r"(?s)backbone tensors \(under 'backbone.'\).*missing from checkpoint: stages.1.0.dwconv.weight"),
+        ("backbone.encoder.stages.1.layers.0.dwconv.weight",
+         r"(?s)backbone tensors \(under 'backbone.'\).*missing from checkpoint: stages.1.0.dwconv.weight"),
     ]:
         save_file({k: v for k, v in full.items() if k != key}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
         with pytest.raises(CheckpointError, match=message):
             from_hf_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"expected a transformers ConvNeXt config \(model_type one of \['convnext', 'convnextv2'\]\), got model_type 'resnet'"):
+    not_convnext = r"expected a transformers ConvNeXt config \(model_type one of \['convnext', 'convnextv2'\]\), got model_type 'resnet'"
+    with pytest.raises(ValueError, match=not_convnext):
         ConvNextBackboneConfig.from_hf_config(transformers.ResNetConfig())
 
 

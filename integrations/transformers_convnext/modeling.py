@@ -106,21 +106,23 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
         """Stride of each returned map, in ``out_features`` order."""
         return self.core_model.strides
 
+    # What forward returns is the core's choice, fixed at construction (its output norms are built
+    # for it): these read the core, so a later edit of ``config.out_features`` cannot desync them.
     @property
     def out_features(self) -> list[str]:
-        return self.config._out_features
+        return self.core_model.out_features
 
     @out_features.setter
     def out_features(self, value: list[str]) -> None:
-        self._refuse_output_change("out_features", value, self.config.out_features)
+        self._refuse_output_change("out_features", value, self.out_features)
 
     @property
     def out_indices(self) -> list[int]:
-        return self.config._out_indices
+        return self.core_model.out_indices
 
     @out_indices.setter
     def out_indices(self, value: list[int]) -> None:
-        self._refuse_output_change("out_indices", value, self.config.out_indices)
+        self._refuse_output_change("out_indices", value, self.out_indices)
 
     def _refuse_output_change(self, name: str, value: Any, current: list) -> None:
         if value is not None and list(value) == list(current):
