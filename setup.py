@@ -1,13 +1,14 @@
 """convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2 and MMSegmentation.
 
-Three import packages ship in one distribution:
-  convnext_backbone     the core (imports torch only)
-  detectron2_convnext   the Detectron2 adapter, source in integrations/detectron2_convnext
-  mmseg_convnext        the MMSegmentation adapter, source in integrations/mmseg_convnext
+Four import packages ship in one distribution:
+  convnext_backbone       the core (imports torch only)
+  detectron2_convnext     the Detectron2 adapter, source in integrations/detectron2_convnext
+  mmseg_convnext          the MMSegmentation adapter, source in integrations/mmseg_convnext
+  transformers_convnext   the transformers adapter (AutoConfig/AutoBackbone), source in integrations/transformers_convnext
 """
 from setuptools import find_packages, setup
 
-INTEGRATIONS = ("detectron2_convnext", "mmseg_convnext")
+INTEGRATIONS = ("detectron2_convnext", "mmseg_convnext", "transformers_convnext")
 
 core_packages = find_packages(include=["convnext_backbone", "convnext_backbone.*"])
 integration_packages = find_packages(
@@ -18,6 +19,7 @@ EXTRAS = {
     "detectron2": ["detectron2", "pycocotools", "opencv-python", "shapely"],
     "mmseg": ["mmcv==2.1.0", "mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
     "export": ["onnx", "onnxruntime", "matplotlib"],
+    "transformers": ["transformers>=5,<6", "scipy"],  # scipy: Mask2Former's and DETR's Hungarian matching
     "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

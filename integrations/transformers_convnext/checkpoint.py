@@ -1,0 +1,200 @@
+"""Weights for transformers models built on ``ConvNextBackboneModel``.
+
+- ``from_hf_pretrained(path)``: a transformers checkpoint of a model whose backbone is HF's
+  ``ConvNextBackbone`` / ``ConvNextV2Backbone`` (e.g. ``openmmlab/upernet-convnext-tiny``) becomes the
+  same model with our backbone: the config's ``backbone_config`` is translated field by field, the
+  backbone's tensors are renamed by the core converter (``convnext_backbone.convert``, the single
+  rule set), every other tensor loads through transformers' own ``from_pretrained``. Same weights,
+  same outputs.
+- ``convert_hf_checkpoint(src, dst)``: the same, saved with ``save_pretrained`` so that plain
+  ``UperNetForSemanticSegmentation.from_pretrained(dst)`` loads it afterwards.
+- ``load_backbone_weights(model, checkpoint)``: any checkpoint format the core reads (official,
+  FCMAE, HF, timm, mmpretrain, Detectron2 ``.pkl``, MMSeg/our own) into the backbone part of a
+  model (or into a bare ``ConvNextBackboneModel``), strictly, with the core's load report.
+
+Command line: ``python -m transformers_convnext.checkpoint SRC DST`` runs ``convert_hf_checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from convnext_backbone import CheckpointError, LoadReport, load_checkpoint
+from convnext_backbone.convert import read_checkpoint
+from convnext_backbone.hub import resolve_pretrained
+
+from .configuration import ConvNextBackboneConfig
+from .modeling import ConvNextBackboneModel
+
+__all__ = ["convert_hf_checkpoint", "find_backbone", "from_hf_pretrained", "load_backbone_weights"]
+
+
+def find_backbone(model: nn.Module) -> tuple[str, ConvNextBackboneModel]:
+    """``(module path, backbone)`` of the one ``ConvNextBackboneModel`` in ``model`` (``""`` if it is the model)."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, ConvNextBackboneModel)]
+    if len(found) != 1:
+        raise ValueError(
+            f"{type(model).__name__} contains {len(found)} ConvNextBackboneModel modules"
+            f"{' at ' + str([n for n, _ in found]) if found else ''}; expected exactly one "
+            "(build it with backbone_config=ConvNextBackboneConfig...)"
+        )
+    return found[0]
+
+
+def load_backbone_weights(
+    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], strict: bool = True
+) -> LoadReport:
+    """Initialise the backbone part of ``model`` from any checkpoint format the core converter reads.
+
+    ``checkpoint``: a file, a directory, a Hub id or a state dict; whole-model checkpoints (a
+    detector, a segmentor, transformers' UperNet) contribute their backbone tensors. Strict by
+    default: a missing, unexpected or mis-shaped backbone tensor raises ``CheckpointError``.
+    """
+    _, backbone = find_backbone(model)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = resolve_pretrained(checkpoint)
+    return load_checkpoint(backbone.core_model, checkpoint, strict=strict)
+
+
+def _transformers_class(config: Any, model_class: type | None) -> type:
+    if model_class is not None:
+        return model_class
+    import transformers
+
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise ValueError(
+            f"cannot tell which transformers model class the checkpoint is (config.architectures={names}); pass model_class="
+        )
+    return cls
+
+
+def from_hf_pretrained(
+    pretrained: str | os.PathLike,
+    model_class: type | None = None,
+    strict: bool = True,
+    **backbone_kwargs: Any,
+) -> nn.Module:
+    """Load a transformers model checkpoint whose backbone is a ConvNeXt, with our backbone inside.
+
+    ``pretrained``: a ``save_pretrained`` directory (or a Hub id) of e.g. ``UperNetForSemanticSegmentation``
+    with transformers' ``ConvNextBackbone`` / ``ConvNextV2Backbone`` (the layout of
+    ``openmmlab/upernet-convnext-*``), or one that already uses ``convnext_backbone``.
+    ``model_class``: defaults to ``config.architectures[0]``. ``backbone_kwargs`` override fields of
+    the translated backbone config (e.g. ``drop_path_rate=0.3``, ``frozen_stages=0``).
+
+    Everything but the backbone loads through transformers' own ``from_pretrained`` (its key
+    conversions, dtype, shards); the backbone's tensors go through the core converter. Strict:
+    any tensor of either part that does not fit raises ``CheckpointError``. Returns the model in
+    eval mode; ``model.backbone_load_report`` is the core's report.
+    """
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    local = resolve_pretrained(pretrained)
+    directory = local if local.is_dir() else local.parent
+    config = AutoConfig.from_pretrained(str(directory))
+    source_backbone = getattr(config, "backbone_config", None)
+    if source_backbone is None:
+        raise ValueError(
+            f"{directory}: {type(config).__name__} has no backbone_config, nothing to convert; for a bare backbone "
+            "checkpoint use load_backbone_weights(ConvNextBackboneModel(config), path)"
+        )
+    if isinstance(source_backbone, ConvNextBackboneConfig):
+        config.backbone_config = source_backbone.with_overrides(**backbone_kwargs) if backbone_kwargs else source_backbone
+    else:
+        config.backbone_config = ConvNextBackboneConfig.from_hf_config(source_backbone, **backbone_kwargs)
+    cls = _transformers_class(config, model_class)
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would list the backbone tensors loaded below as missing/unexpected
+    try:
+        model, info = cls.from_pretrained(str(directory), config=config, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    prefix, backbone = find_backbone(model)
+    lead = f"{prefix}." if prefix else ""
+
+    state = _read_state(local)
+    disk_lead = _backbone_prefix_on_disk(state, lead, local)
+    backbone_state = {k[len(disk_lead):]: v for k, v in state.items() if k.startswith(disk_lead)}
+    try:
+        report = load_checkpoint(backbone.core_model, backbone_state, strict=strict)
+    except CheckpointError as e:
+        raise CheckpointError(f"{local}: the backbone tensors (under {disk_lead!r}): {e}") from None
+
+    # transformers reports, in the model's names, what it left to us: that must be the backbone and nothing else
+    foreign = [f"missing from checkpoint: {k}" for k in sorted(info["missing_keys"]) if not k.startswith(lead)]
+    foreign += [f"unexpected key in checkpoint: {k}" for k in sorted(info["unexpected_keys"]) if not k.startswith(lead)]
+    foreign += [f"shape mismatch: {m}" for m in info.get("mismatched_keys", ())]
+    if strict and foreign:
+        raise CheckpointError(
+            f"{local}: outside the backbone, the checkpoint does not match {cls.__name__}:\n  " + "\n  ".join(foreign[:20])
+            + (f"\n  ... and {len(foreign) - 20} more" if len(foreign) > 20 else "")
+        )
+    model.eval()
+    model.backbone_load_report = report
+    return model
+
+
+def _read_state(local: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, by their names on disk (sharded safetensors included)."""
+    directory = local if local.is_dir() else local.parent
+    index = directory / "model.safetensors.index.json"
+    if local.is_dir() and index.is_file() and not (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+    return read_checkpoint(local)[0]
+
+
+def _backbone_prefix_on_disk(state: Mapping[str, torch.Tensor], lead: str, where: Any) -> str:
+    """Where the backbone's tensors are in the file: the model's own path, or (for models whose
+    transformers save renames that path, e.g. DETR's ``backbone.conv_encoder``) the prefix of HF
+    ConvNeXt's stem weight."""
+    if any(k.startswith(lead) for k in state):
+        return lead
+    stem = "embeddings.patch_embeddings.weight"
+    found = sorted({k[: -len(stem)] for k in state if k.endswith(stem)})
+    if len(found) == 1:
+        return found[0]
+    raise CheckpointError(
+        f"{where}: no backbone tensors under {lead!r} (where the model keeps its backbone) and "
+        f"{'several' if found else 'no'} HF ConvNeXt stem weight(s) ({found or stem!r}) to find them by"
+    )
+
+
+def convert_hf_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, model_class: type | None = None, **backbone_kwargs: Any
+) -> Path:
+    """``from_hf_pretrained(src)`` then ``save_pretrained(dst)``; ``dst`` loads with the plain transformers class."""
+    model = from_hf_pretrained(src, model_class=model_class, **backbone_kwargs)
+    model.save_pretrained(str(dst))
+    return Path(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_convnext.checkpoint",
+        description="Convert a transformers checkpoint with HF's ConvNeXt backbone (e.g. openmmlab/upernet-convnext-tiny) "
+        "to the same model with the convnext_backbone backbone.",
+    )
+    parser.add_argument("src", help="save_pretrained directory or Hub id")
+    parser.add_argument("dst", help="output directory")
+    args = parser.parse_args(argv)
+    model = from_hf_pretrained(args.src)
+    model.save_pretrained(args.dst)
+    print(f"{type(model).__name__}: backbone {model.backbone_load_report.summary()}; saved to {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

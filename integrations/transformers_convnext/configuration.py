@@ -1,0 +1,185 @@
+"""``ConvNextBackboneConfig``: the core ConvNeXt V1/V2 config as a transformers ``PreTrainedConfig``.
+
+One ``model_type`` (``"convnext_backbone"``) covers V1 and V2; the ``version`` field (``"v1"`` /
+``"v2"``) picks the block, exactly as the core's two config classes differ only in GRN vs layer
+scale. Field names are transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` names plus the
+core's backbone knobs (``norm_outputs``, ``frozen_stages``, ``channels_last``). Every value is
+checked by building the core config, so a bad preset, ``out_features`` or field raises the core's
+``ValueError``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+try:  # transformers >= 5.x
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # pragma: no cover - older 5.x layout
+    from transformers.utils.backbone_utils import BackboneConfigMixin
+
+from convnext_backbone.config import CONFIG_CLASSES, ConvNextConfig, config_from_preset_name, stage_names_for
+
+__all__ = ["ConvNextBackboneConfig", "MODEL_TYPE"]
+
+MODEL_TYPE = "convnext_backbone"
+
+# version spellings -> canonical version; canonical version -> core model_type (= preset prefix)
+_VERSIONS = {"v1": "v1", "v2": "v2", "convnext": "v1", "convnextv2": "v2"}
+_CORE_TYPES = {"v1": "convnext", "v2": "convnextv2"}
+_HF_TYPES = {"convnext": "v1", "convnextv2": "v2"}  # transformers' own ConvNeXt configs
+
+# Fields shared with the core config (and, except the last three, with transformers' ConvNeXt configs).
+_SHAPE_FIELDS = (
+    "num_channels", "patch_size", "num_stages", "hidden_sizes", "depths", "hidden_act", "initializer_range",
+    "layer_norm_eps", "layer_scale_init_value", "drop_path_rate", "image_size",
+)
+_CORE_FIELDS = _SHAPE_FIELDS + ("norm_outputs", "frozen_stages", "channels_last")
+
+
+class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
+    r"""Configuration of [`ConvNextBackboneModel`], the convnext-backbone ConvNeXt V1/V2 backbone.
+
+    Build it from a preset with ``ConvNextBackboneConfig.from_preset("convnextv2_tiny",
+    out_features=["stage1", "stage2", "stage3", "stage4"])``, from a core config with
+    ``from_core_config``, or from transformers' own ``ConvNextConfig`` / ``ConvNextV2Config`` with
+    ``from_hf_config``.
+
+    Args:
+        version (`str`, defaults to `"v1"`): `"v1"` (ConvNeXt, layer scale) or `"v2"` (ConvNeXt V2,
+            GRN, no layer scale); `"convnext"` / `"convnextv2"` are accepted too.
+        num_channels, patch_size, num_stages, hidden_sizes, depths, hidden_act, initializer_range,
+        layer_norm_eps, drop_path_rate, image_size: as in transformers' `ConvNextConfig`.
+        layer_scale_init_value (`float`, *optional*): V1 layer-scale init (default 1e-6); must be 0
+            (the default) for V2.
+        out_features / out_indices: which of `stage_names = ["stem", "stage1", ...]` the backbone
+            returns; transformers' rules (negative indices normalised). Default: the last stage.
+        norm_outputs (`bool`, defaults to `True`): a LayerNorm on each returned map (as HF's and the
+            official det/seg backbones).
+        frozen_stages (`int`, defaults to -1): -1 none, 0 the stem, k the stem and stages 1..k.
+        channels_last (`bool`, defaults to `True`): NHWC activations inside (same outputs, faster).
+    """
+
+    model_type = MODEL_TYPE
+
+    version: str = "v1"
+    num_channels: int = 3
+    patch_size: int = 4
+    num_stages: int = 4
+    hidden_sizes: list[int] | tuple[int, ...] = (96, 192, 384, 768)
+    depths: list[int] | tuple[int, ...] = (3, 3, 9, 3)
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    layer_scale_init_value: float | None = None
+    drop_path_rate: float = 0.0
+    image_size: int = 224
+    norm_outputs: bool = True
+    frozen_stages: int = -1
+    channels_last: bool = True
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        out_features = kwargs.pop("out_features", None)
+        out_indices = kwargs.pop("out_indices", None)
+        kwargs.pop("stage_names", None)  # always derived from num_stages
+        version = _VERSIONS.get(str(self.version).strip().lower())
+        if version is None:
+            raise ValueError(f"version must be one of 'v1', 'v2' (or 'convnext', 'convnextv2'), got {self.version!r}")
+        self.version = version
+        if self.layer_scale_init_value is None:
+            self.layer_scale_init_value = 1e-6 if version == "v1" else 0.0
+        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
+        self.depths = [int(d) for d in self.depths]
+        self.stage_names = stage_names_for(int(self.num_stages))
+        # The core checks every field and out_features/out_indices, with its own messages.
+        core = self._build_core_config(out_features=out_features, out_indices=out_indices)
+        self._out_features, self._out_indices = core.out_features, core.out_indices
+        super().__post_init__(**kwargs)
+
+    # -- out_features / out_indices: the core's rules and messages ------------------------------
+    def set_output_features_output_indices(self, out_features: list | None, out_indices: list | None) -> None:
+        core = self._build_core_config(out_features=out_features, out_indices=out_indices)
+        self._out_features, self._out_indices = core.out_features, core.out_indices
+
+    def verify_out_features_out_indices(self) -> None:
+        self._build_core_config(out_features=self._out_features, out_indices=self._out_indices)
+
+    # -- the core config ----------------------------------------------------------------------------
+    def _build_core_config(self, out_features: Any = None, out_indices: Any = None) -> ConvNextConfig:
+        kwargs: dict[str, Any] = {k: getattr(self, k) for k in _CORE_FIELDS}
+        if self.version == "v2":
+            kwargs["layer_scale_init_value"] = kwargs["layer_scale_init_value"] or 0.0
+        return CONFIG_CLASSES[_CORE_TYPES[self.version]](out_features=out_features, out_indices=out_indices, **kwargs)
+
+    def to_core_config(self) -> ConvNextConfig:
+        """The core ``ConvNextConfig`` / ``ConvNextV2Config`` this config describes."""
+        return self._build_core_config(out_features=self._out_features)
+
+    @property
+    def core_model_type(self) -> str:
+        """``"convnext"`` or ``"convnextv2"``: the core's model type (and preset prefix)."""
+        return _CORE_TYPES[self.version]
+
+    @property
+    def strides(self) -> list[int]:
+        """Stride of every stage name (stem 4, stage1 4, stage2 8, ...)."""
+        return self.to_core_config().strides
+
+    # -- constructors -------------------------------------------------------------------------------
+    def with_overrides(self, **kwargs: Any) -> "ConvNextBackboneConfig":
+        """A new config with some fields changed (``out_features`` or ``out_indices`` replaces both)."""
+        d = self.to_dict()
+        for key in ("model_type", "transformers_version", "stage_names"):
+            d.pop(key, None)
+        if "out_features" in kwargs or "out_indices" in kwargs:
+            d.pop("out_features", None)
+            d.pop("out_indices", None)
+        d.update(kwargs)
+        return type(self)(**d)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> "ConvNextBackboneConfig":
+        """``from_preset("convnextv2_tiny", out_features=[...], drop_path_rate=0.2)``; names as ``list_presets()``."""
+        return cls.from_core_config(config_from_preset_name(name), **kwargs)
+
+    @classmethod
+    def from_core_config(cls, core: ConvNextConfig, **kwargs: Any) -> "ConvNextBackboneConfig":
+        """From a core config; ``kwargs`` override its fields (and may set transformers' own ones)."""
+        if not isinstance(core, ConvNextConfig):
+            raise ValueError(f"expected a convnext_backbone ConvNextConfig / ConvNextV2Config, got {type(core).__name__}")
+        fields: dict[str, Any] = {k: getattr(core, k) for k in _CORE_FIELDS}
+        fields["version"] = _VERSIONS[core.model_type]
+        if "out_features" not in kwargs and "out_indices" not in kwargs:
+            fields["out_features"] = core.out_features
+        if core.gradient_checkpointing and "gradient_checkpointing" not in kwargs:
+            fields["gradient_checkpointing"] = True  # consumed by transformers' PreTrainedModel.post_init
+        fields.update(kwargs)
+        return cls(**fields)
+
+    @classmethod
+    def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> "ConvNextBackboneConfig":
+        """From transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` (or their dicts), same outputs and weights."""
+        d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+        model_type = d.get("model_type")
+        if model_type not in _HF_TYPES:
+            raise ValueError(
+                f"expected a transformers ConvNeXt config (model_type one of {list(_HF_TYPES)}), got model_type {model_type!r}"
+            )
+        fields: dict[str, Any] = {k: d[k] for k in _SHAPE_FIELDS if d.get(k) is not None}
+        patch = fields.get("patch_size")
+        if isinstance(patch, (list, tuple)):
+            if len(set(patch)) != 1:
+                raise ValueError(f"patch_size must be square, got {patch}")
+            fields["patch_size"] = patch[0]
+        image = fields.get("image_size")
+        if isinstance(image, (list, tuple)):
+            fields["image_size"] = image[0]
+        fields["version"] = _HF_TYPES[model_type]
+        if fields["version"] == "v2":
+            fields.pop("layer_scale_init_value", None)
+        if "out_features" not in kwargs and "out_indices" not in kwargs:
+            fields["out_features"] = d.get("out_features")
+        fields.update(kwargs)
+        return cls(**fields)
