@@ -136,7 +136,7 @@ def closest(name: str, choices, what: str) -> str:
     """``; did you mean 'x'? (the presets are [...])`` for a misspelt ``name``: the suggestion only
     when one is close, the valid names always."""
     choices = [str(c) for c in choices]
-    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75)
+    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.8)
     listed = f"{what} are {choices}"
     return f"; did you mean {match[0]!r}? ({listed})" if match else f"; {listed}"
 

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from . import accel
 from .config import ConvNextConfig, config_from_preset_name, output_norm_name
 from .convert import from_pretrained, save_pretrained
-from .layers import LN_EPS, Block, LayerNorm2d
+from .layers import GRN, LN_EPS, Block, LayerNorm2d
 
 __all__ = [
     "BackboneOutput",
@@ -31,6 +31,7 @@ __all__ = [
     "ConvNextForImageClassification",
     "Stage",
     "build_backbone",
+    "init_weights_",
     "output_norm_name",
 ]
 
@@ -80,6 +81,24 @@ def _flag(value: bool | None, default: bool) -> bool:
     return default if value is None or isinstance(value, torch.fx.Proxy) else bool(value)
 
 
+def init_weights_(module: nn.Module, initializer_range: float, layer_scale_init_value: float, init=nn.init) -> None:
+    """The official init of one module (``model.apply`` visits them all): truncated normal for
+    conv/linear with zero bias, LayerNorm (1, 0), GRN 0 (identity), layer scale its init value.
+    ``init`` provides the functions (transformers passes its own, which skip loaded weights)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        init.trunc_normal_(module.weight, std=initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    elif isinstance(module, GRN):
+        init.zeros_(module.gamma)
+        init.zeros_(module.beta)
+    elif isinstance(module, Block) and module.gamma is not None:
+        init.constant_(module.gamma, layer_scale_init_value)
+
+
 class _ConvNextTrunk(nn.Module):
     """Stem, downsampling layers and stages shared by the backbone and the classifier."""
 
@@ -105,18 +124,8 @@ class _ConvNextTrunk(nn.Module):
         self._accelerate = True
         self.set_gradient_checkpointing(config.gradient_checkpointing)
 
-    # -- init, as the official code: truncated normal for conv/linear, zero bias ------------
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
     def init_weights(self) -> None:
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights_(m, self.config.initializer_range, self.config.layer_scale_init_value))
 
     # -- switches -------------------------------------------------------------------------------
     @property
@@ -204,7 +213,7 @@ class ConvNextBackbone(_ConvNextTrunk):
     own format; ``forward_features``, ``forward_dict`` and export use the core contract.
     """
 
-    backbone_type = "backbone"  # transformers' BackboneType.BACKBONE value (not a timm backbone)
+    backbone_type = "transformers"  # the value of transformers' BackboneType for its own (non-timm) backbones
 
     def __init__(self, config: ConvNextConfig):
         super().__init__(config)
@@ -259,15 +268,18 @@ class ConvNextBackbone(_ConvNextTrunk):
         """One output LayerNorm per selected stage and none for the others; a new one starts as identity."""
         want = set(self.out_indices) if self.config.norm_outputs else set()
         ref = self.downsample_layers[0][0].weight
+        norms = {}
         for i in range(len(self.stage_names)):
             name = output_norm_name(i)
-            if i in want and name not in self._modules:
+            norm = self._modules.pop(name, None)
+            if i in want and norm is None:
                 norm = LayerNorm2d(self.config.channels_per_stage[i], eps=LN_EPS)
                 if ref.device.type != "meta":
                     norm.to(device=ref.device, dtype=ref.dtype)
-                self.add_module(name, norm)
-            elif i not in want and name in self._modules:
-                delattr(self, name)
+            if i in want:
+                norms[name] = norm
+        for name, norm in norms.items():  # in stage order, after the trunk: a stable state-dict order
+            self.add_module(name, norm)
 
     def forward_features(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None) -> BackboneOutput:
         """The core contract every adapter keeps: ``BackboneOutput(feature_maps, hidden_states)``."""

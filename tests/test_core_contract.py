@@ -338,3 +338,115 @@ def test_workspace_survives_switching_between_inference_mode_and_no_grad():
     with torch.inference_mode():
         c = model(x).feature_maps
     assert max_abs_diff(a, b) == 0 and max_abs_diff(a, c) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest of transformers' backbone contract, and bad input
+# ---------------------------------------------------------------------------------------------
+def test_transformers_backbone_attributes_and_output():
+    ours = build_backbone("convnextv2_atto", out_indices=[1, 3])
+    hf = transformers.ConvNextV2Backbone(transformers.ConvNextV2Config(
+        hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], out_indices=[1, 3]))
+    assert ours.out_feature_channels == dict(hf.out_feature_channels)
+    assert ours.backbone_type == hf.backbone_type.value
+    out = ours(torch.randn(1, 3, 64, 64))
+    assert out.attentions is None and out.hidden_states is None
+
+
+def test_config_output_hidden_states_is_the_default():
+    model = build_backbone("convnextv2_atto", depths=[1, 1, 1, 1], output_hidden_states=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert len(model(x).hidden_states) == 5
+    assert model(x, output_hidden_states=False).hidden_states is None
+    cls = ConvNextForImageClassification(ConvNextV2Config.from_preset("atto", depths=[1, 1, 1, 1], num_labels=3)).eval()
+    assert cls(x).hidden_states is None
+    out = cls(x, output_hidden_states=True)
+    assert [h.shape[1] for h in out.hidden_states] == [40, 40, 80, 160, 320] and out.logits.shape == (1, 3)
+
+
+@pytest.mark.parametrize("attr,value,names", [("out_features", ["stem", "stage3"], ["stem", "stage3"]),
+                                              ("out_indices", [-1, ], ["stage4"]), ("out_indices", [1, 2, 3, 4], STAGES[1:])])
+def test_outputs_can_change_on_a_built_backbone_and_norms_follow(attr, value, names):
+    model = randomize_(build_backbone("convnext_tiny", depths=[1, 1, 1, 1], out_indices=[2, 4])).eval()
+    x = torch.randn(1, 3, 64, 64)
+    setattr(model, attr, value)
+    assert model.out_features == names and model.channels == [model.out_feature_channels[n] for n in names]
+    norm_keys = {k.split(".")[0] for k in model.state_dict() if k.startswith("norm")}
+    assert norm_keys == {("norm_stem" if n == "stem" else f"norm{int(n[-1]) - 1}") for n in names}  # none stale, none missing
+    with torch.no_grad():
+        maps = model(x).feature_maps
+        fresh = build_backbone("convnext_tiny", depths=[1, 1, 1, 1], out_features=names)
+        fresh.load_state_dict(model.state_dict())
+        assert max_abs_diff(maps, fresh.eval()(x).feature_maps) == 0
+    for m, name in zip(maps, names):  # each map normalised over channels
+        norm = model.output_norms()[name]
+        if name not in ("stage2", "stage4"):  # a new norm starts as identity-affine LayerNorm
+            assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+            assert m.mean(dim=1).abs().max() < 1e-4 and (m.var(dim=1, unbiased=False) - 1).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="must be a subset of stage_names"):
+        model.out_features = ["stage9"]
+    assert model.out_features == names  # a rejected change leaves the model as it was
+
+
+def test_from_pretrained_is_in_eval_mode(tmp_path):
+    build_backbone("convnextv2_atto", depths=[1, 1, 1, 1], drop_path_rate=0.5).save_pretrained(tmp_path)
+    model = ConvNextBackbone.from_pretrained(tmp_path)
+    assert not model.training
+    x = torch.randn(2, 3, 64, 64)
+    assert max_abs_diff(model(x).feature_maps, model(x).feature_maps) == 0  # no random drop path
+
+
+def test_empty_selection_and_resolver_inputs_are_value_errors():
+    with pytest.raises(ValueError, match="out_features is empty"):
+        build_backbone("convnextv2_atto", out_features=[])
+    with pytest.raises(ValueError, match="out_indices is empty"):
+        ConvNextV2Config(out_indices=())
+    with pytest.raises(ValueError, match="stage_names must be a list"):
+        resolve_out_features_out_indices(["stage1"], None, None)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(out_indice=[1, 2]), r"unknown ConvNextConfig field 'out_indice'; did you mean 'out_indices'\?"),
+    (dict(frozen_stage=2), r"'frozen_stage'; did you mean 'frozen_stages'\?"),
+    (dict(hidden_size=[8, 16, 32, 64]), r"'hidden_size'; did you mean 'hidden_sizes'\?"),
+    (dict(frozen_stages=1.5), r"frozen_stages must be an integer, got 1.5"),
+    (dict(depths=[1, 1, "2", 1]), r"depths must be an integer, got '2'"),
+])
+def test_misspelt_or_wrongly_typed_keywords_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_backbone("convnext_tiny", **kwargs)
+
+
+def test_preset_typo_suggests_the_closest_and_config_json_extras_are_accepted():
+    with pytest.raises(ValueError, match=r"unknown preset 'convnextv2_atoo'; did you mean 'convnextv2_atto'\?"):
+        build_backbone("convnextv2_atoo")
+    # every key transformers writes into a ConvNeXt config.json reads without error
+    for hf in (transformers.ConvNextConfig(), transformers.ConvNextV2Config()):
+        cfg = (ConvNextV2Config if hf.model_type == "convnextv2" else ConvNextConfig).from_dict(hf.to_dict())
+        assert cfg.hidden_sizes == list(hf.hidden_sizes)
+
+
+def test_v2_and_v1_on_an_empty_batch_return_empty_maps():
+    for name in ("convnext_tiny", "convnextv2_atto"):
+        for mode in ("eval", "train"):
+            model = getattr(build_backbone(name, depths=[1, 1, 1, 1], out_indices=[1, 2, 3, 4]), mode)()
+            out = model(torch.randn(0, 3, 64, 64)).feature_maps
+            assert [tuple(f.shape) for f in out] == [(0, c, 64 // s, 64 // s) for c, s in zip(model.channels, model.strides)]
+
+
+def test_loading_another_size_names_both_architectures_and_shapes_first(tmp_path):
+    from convnext_backbone import CheckpointError, load_checkpoint
+
+    build_backbone("convnextv2_atto").save_pretrained(tmp_path / "atto")
+    model = build_backbone("convnextv2_femto")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path / "atto")
+    msg = str(err.value)
+    assert "checkpoint is convnextv2_atto, model is convnextv2_femto" in msg
+    lines = [line.strip() for line in msg.splitlines()]
+    problems = [line for line in lines if line.startswith(("shape mismatch", "missing", "unexpected"))]
+    assert problems[0].startswith("shape mismatch") and msg.index("checkpoint is") < msg.index("shape mismatch")
+    assert lines[-1].startswith("Pass strict=False")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, tmp_path / "atto", hint=None)
+    assert "strict=False" not in str(err.value)

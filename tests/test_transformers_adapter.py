@@ -89,7 +89,7 @@ def test_config_from_preset_and_core_errors():
     nested = UperNetConfig(backbone_config=cfg.to_dict())  # as in a config.json: resolved through AutoConfig
     assert type(nested.backbone_config) is ConvNextBackboneConfig and nested.backbone_config.to_core_config() == cfg.to_core_config()
 
-    with pytest.raises(ValueError, match=r"unknown preset 'convnextv2_gigantic'; expected one of \['convnext_tiny'"):
+    with pytest.raises(ValueError, match=r"unknown preset 'convnextv2_gigantic'; the presets are \['convnext_tiny'"):
         ConvNextBackboneConfig.from_preset("convnextv2_gigantic")
     subset = r"out_features must be a subset of stage_names \['stem', 'stage1', 'stage2', 'stage3', 'stage4'\]; unknown: \['stage5'\]"
     with pytest.raises(ValueError, match=subset):
@@ -119,8 +119,16 @@ def test_autobackbone_wraps_the_core_and_round_trips(tmp_path, pixels):
     assert all(a is b for a, b in zip(model.parameters(), core.parameters()))
     assert (model.channels, model.strides, model.out_indices) == ([80, 320], [8, 32], [2, 4])
     assert model.stage_names == ["stem"] + ALL4 and model.out_feature_channels["stem"] == 40
-    with pytest.raises(ValueError, match="cannot change"):
-        model.out_features = ["stage1"]
+    model.out_features = ["stage1", "stage4"]  # BackboneMixin semantics; the output norms follow
+    assert (model.out_indices, model.config.out_indices, model.channels) == ([1, 4], [1, 4], [40, 320])
+    assert {k.split(".")[0] for k in model.state_dict() if k.startswith("norm")} == {"norm0", "norm3"}
+    assert list(model.state_dict()) == list(core.state_dict())
+    with torch.no_grad():
+        assert [f.shape[1] for f in model(pixels[:, :, :64, :64]).feature_maps] == [40, 320]
+    with pytest.raises(ValueError, match="out_features must be a subset of stage_names"):
+        model.out_features = ["stage5"]
+    model.out_indices = [2, 4]
+    assert model.out_features == ["stage2", "stage4"] and list(model.state_dict()) == list(core.state_dict())
 
     # train/eval and frozen stages follow the core's rules
     model.train()

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
     init = nn.init
 
 from convnext_backbone import ConvNextBackbone as CoreConvNextBackbone
+from convnext_backbone.model import init_weights_
 
 from .configuration import ConvNextBackboneConfig
 
@@ -44,27 +45,9 @@ class ConvNextBackbonePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The core's (= official ConvNeXt) init, for weights a checkpoint did not provide.
-
-        Conv/Linear: truncated normal (``initializer_range``), zero bias; LayerNorm: (1, 0); GRN
-        ``gamma``/``beta``: 0; V1 layer scale ``gamma``: ``layer_scale_init_value``.
-        """
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        else:
-            own = dict(module.named_parameters(recurse=False))
-            if "gamma" in own and "beta" in own:  # GRN: starts as the identity
-                init.zeros_(own["gamma"])
-                init.zeros_(own["beta"])
-            elif "gamma" in own:  # V1 block layer scale
-                init.constant_(own["gamma"], self.config.layer_scale_init_value)
+        """The core's (= official ConvNeXt) init, through transformers' init functions, which skip
+        weights a checkpoint provided."""
+        init_weights_(module, self.config.initializer_range, self.config.layer_scale_init_value, init=init)
 
 
 class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
@@ -106,15 +89,15 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
         """Stride of each returned map, in ``out_features`` order."""
         return self.core_model.strides
 
-    # What forward returns is the core's choice, fixed at construction (its output norms are built
-    # for it): these read the core, so a later edit of ``config.out_features`` cannot desync them.
+    # What forward returns is the core's: these read it, and setting them changes the core (its
+    # output norms follow: new ones start as identity, dropped ones go) and the config with it.
     @property
     def out_features(self) -> list[str]:
         return self.core_model.out_features
 
     @out_features.setter
     def out_features(self, value: list[str]) -> None:
-        self._refuse_output_change("out_features", value, self.out_features)
+        self._set_outputs("out_features", value)
 
     @property
     def out_indices(self) -> list[int]:
@@ -122,15 +105,17 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
 
     @out_indices.setter
     def out_indices(self, value: list[int]) -> None:
-        self._refuse_output_change("out_indices", value, self.out_indices)
+        self._set_outputs("out_indices", value)
 
-    def _refuse_output_change(self, name: str, value: Any, current: list) -> None:
-        if value is not None and list(value) == list(current):
+    def _set_outputs(self, name: str, value: Any) -> None:
+        core = self.__dict__.get("core_model")
+        if core is None:  # BackboneMixin's own init: the core is built from the config just after
             return
-        raise ValueError(
-            f"{name} of a built ConvNextBackboneModel cannot change (its output norms are built for {current}); "
-            f"build a new backbone from a config with {name}={value!r}, e.g. ConvNextBackboneConfig.from_preset(..., {name}=...)"
-        )
+        setattr(core, name, value)  # validated by the core (ValueError naming the allowed values)
+        self._modules.clear()  # adopt the core's children again, in its order
+        for child_name, child in core.named_children():
+            self.add_module(child_name, child)
+        self.config.out_features = core.out_features  # the config's setter realigns out_indices
 
     # -- training mode, frozen stages, gradient checkpointing: the core's ---------------------------
     def train(self, mode: bool = True) -> "ConvNextBackboneModel":
