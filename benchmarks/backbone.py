@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import frameworks, report
-from .measure import PeakMemory, autocast_context, forward_flops, make_step, set_mode, shape_str, summarize, time_once
+from .measure import DTYPES, PeakMemory, autocast_context, forward_flops, make_step, set_mode, shape_str, summarize, time_once
 from .peers import Impl, build_impls, checkpointed_copy, max_abs_diff, model_label, resolve_model_name
 
 DEFAULTS = {
@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help=f"untimed runs first, the last one measures peak memory (default {DEFAULTS['warmup']})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="bfloat16/float16 run under torch.autocast")
+                   help="bfloat16/float16: see --precision")
+    p.add_argument("--precision", default="autocast", choices=["autocast", "pure"],
+                   help="how a half --dtype runs: under torch.autocast (weights fp32, as in training; default) or the "
+                        "whole model and input cast to it (model.to(dtype), as deployed). The equality checks run in fp32 first.")
     p.add_argument("--channels-last", action="store_true", help="channels_last input and weights for every implementation")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile ours (compilation happens in the warmup, which is then at least 2 runs)")
@@ -137,8 +140,18 @@ def _compile_ours(impl: Impl) -> Impl:
     return Impl(impl.name, impl.model, lambda x: compiled(x).feature_maps, impl.is_peer)
 
 
-def _make_input(shape: tuple[int, ...], args: argparse.Namespace, seed: int) -> torch.Tensor:
+def _pure(args: argparse.Namespace) -> bool:
+    return args.precision == "pure" and args.dtype != "float32"
+
+
+def _autocast(args: argparse.Namespace):
+    return autocast_context(args.device, "float32" if _pure(args) else args.dtype)
+
+
+def _make_input(shape: tuple[int, ...], args: argparse.Namespace, seed: int, cast: bool = True) -> torch.Tensor:
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(args.device)
+    if cast and _pure(args):
+        x = x.to(DTYPES[args.dtype])
     return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
 
 
@@ -146,7 +159,7 @@ def run_checks(pairs: list[tuple[str, Impl, Impl]], label: str, args: argparse.N
     """Each pair must produce the same features (fp32, eval) before we time them."""
     from tqdm import tqdm
 
-    x = _make_input(CHECK_SHAPE, args, args.seed + 1)
+    x = _make_input(CHECK_SHAPE, args, args.seed + 1, cast=False)  # fp32: same computation, then timed as asked
     tol_rel = 1e-4 if args.device == "cpu" else 5e-3  # cuDNN convolutions use TF32 by default
     rows = []
     for desc, ours, peer in pairs:
@@ -164,7 +177,7 @@ def run_checks(pairs: list[tuple[str, Impl, Impl]], label: str, args: argparse.N
 def run_group(impls: list[Impl], x: torch.Tensor, mode: str, args: argparse.Namespace, memory: PeakMemory,
               progress) -> dict[str, dict[str, Any]]:
     """Warmup (the last warmup run measures memory), then interleaved timed repeats."""
-    ac = autocast_context(args.device, args.dtype)
+    ac = _autocast(args)
     steps = {}
     for impl in impls:
         set_mode(impl.model, mode)
@@ -199,7 +212,7 @@ def profile_ours(ours: Impl, x: torch.Tensor, mode: str, title: str, args: argpa
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     set_mode(ours.model, mode)
-    step = make_step(ours.model, ours.features, x, mode, autocast_context(args.device, args.dtype))
+    step = make_step(ours.model, ours.features, x, mode, _autocast(args))
     with profile(activities=acts) as prof:
         time_once(step, args.device)
     set_mode(ours.model, "infer")
@@ -220,6 +233,7 @@ def _meta(args: argparse.Namespace, memory: PeakMemory) -> dict[str, Any]:
         "transformers": transformers.__version__, "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu,
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": args.dtype,
+        "precision": "float32" if args.dtype == "float32" else args.precision,
         "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats, "warmup": args.warmup,
         "memory_method": memory.method, "ours_timed_with_output_norms": True,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_start": _loadavg(), **_git_state(),
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     memory = PeakMemory(args.device)
     results: dict[str, Any] = {"meta": _meta(args, memory), "checks": [], "results": [], "frameworks": []}
-    print(f"torch {torch.__version__}, {results['meta']['device_name']}, {torch.get_num_threads()} threads, {args.dtype}"
+    print(f"torch {torch.__version__}, {results['meta']['device_name']}, {torch.get_num_threads()} threads, {args.dtype}{' (' + args.precision + ')' if args.dtype != 'float32' else ''}"
           f"{', channels_last' if args.channels_last else ''}{', compiled ours' if args.compile else ''}; "
           f"warmup {args.warmup}, repeats {args.repeats}", flush=True)
     busy = warn_if_busy(args)
@@ -301,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 pairs[1] = (pairs[1][0], impls[0], pairs[1][2])
             results["checks"] += run_checks(pairs, label, args)
             del pairs
+            if _pure(args):
+                for impl in impls:
+                    impl.model.to(DTYPES[args.dtype])
             for shape in args.shapes:
                 x = _make_input(shape, args, args.seed)
                 flops = forward_flops(impls[0].model, shape)

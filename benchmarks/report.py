@@ -72,6 +72,7 @@ def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [] if not results["results"] else [
         f"## Backbone: ours vs timm features_only vs HF ({meta['device_name']}, {meta['threads']} threads, {meta['dtype']}"
+        f"{'' if meta.get('precision', 'float32') == 'float32' else ' (' + meta['precision'] + ')'}"
         f"{', channels_last' if meta['channels_last'] else ''}{', ours compiled' if meta['compile'] else ''}"
         f"{', commit ' + meta['git_commit'] if meta.get('git_commit') else ''}{' + modified core' if meta.get('core_modified') else ''})",
         "",
