@@ -83,6 +83,8 @@ class Trainer(DefaultTrainer):
         # create_ddp_model that always passes device_ids (refused for a CPU module); so build
         # them here, in its order, with the CPU-aware wrapper.
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # default_setup not called
+            setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
