@@ -168,7 +168,7 @@ def maskrcnn(tmp_path_factory, data, probe):
     t1 = time.time()
     resumed = _run(base + ["--resume", "--dist-url", f"tcp://127.0.0.1:{_free_port()}"] + opts
                    + ["SOLVER.MAX_ITER", "8", "DATASETS.TEST", "()"])  # evaluated above already
-    print(f"2-process Mask R-CNN: 6 iterations + eval {t1 - t0:.0f} s; resume to 8 + eval {time.time() - t1:.0f} s")
+    print(f"2-process Mask R-CNN: 6 iterations + eval {t1 - t0:.0f} s; resume to 8 {time.time() - t1:.0f} s")
     return {"out": out, "first": first, "first_probes": first_probes, "first_metrics": first_metrics,
             "resumed": resumed, "probes": _probes(out)}
 
