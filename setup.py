@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             "convnext-backbone=convnext_backbone.cli:main",
             "convnext-d2-train=detectron2_convnext.train_net:main",
+            "convnext-d2-lazy-train=detectron2_convnext.lazy_train_net:main",
             "convnext-mmseg-train=mmseg_convnext.train:main",
         ]
     },

@@ -7,6 +7,10 @@
   ``.pkl`` backbones, ``save_pretrained`` directories): converted by the core and loaded into
   the backbone only; the log lists what was loaded and what was left at init.
 - Weights of another architecture stop with a ``CheckpointError`` that says so.
+- ``strict=False`` (``MODEL.CONVNEXT.STRICT_LOAD False`` in a config) loads the backbone tensors
+  that fit and logs the rest as warnings; a strict error says how to ask for that in
+  Detectron2 (``strict_hint``), not with the core's ``strict=False`` advice, which a
+  Detectron2 user cannot follow.
 Checkpoints are written atomically, so a run killed while saving never leaves a torn file.
 """
 from __future__ import annotations
@@ -25,7 +29,14 @@ from convnext_backbone.convert import convert_state_dict, load_converted, read_c
 
 from .backbone import find_convnext
 
-__all__ = ["ConvNextCheckpointer"]
+__all__ = ["ConvNextCheckpointer", "STRICT_HINT"]
+
+STRICT_HINT = (
+    "To load only the backbone tensors that fit (the rest are then listed as warnings), set "
+    "MODEL.CONVNEXT.STRICT_LOAD False (in the config, or on the convnext-d2-train command line)."
+)
+# The core's advice for its own API (load_checkpoint / from_pretrained): the sentence naming strict=False.
+_CORE_STRICT_ADVICE = re.compile(r"[^\n.]*\bstrict\s*=\s*False\b[^\n]*")
 
 _OUTPUT_NORM = re.compile(r"^(norm_stem|norm\d+)\.")  # absent from classification checkpoints: fresh init is fine
 # Formats the core reads itself (fvcore would torch.load them or fail on a directory).
@@ -44,8 +55,27 @@ def _atomic_write(path: str, write) -> None:
             os.unlink(tmp)
 
 
+def _without_core_advice(message: str) -> str:
+    lines = [ln.rstrip() for ln in _CORE_STRICT_ADVICE.sub("", message).split("\n")]
+    return "\n".join(ln for ln in lines if ln.strip())
+
+
 class ConvNextCheckpointer(DetectionCheckpointer):
-    """Drop-in for ``DetectionCheckpointer`` on models with a ConvNeXt backbone."""
+    """Drop-in for ``DetectionCheckpointer`` on models with a ConvNeXt backbone.
+
+    ``strict`` (default True): the backbone must load completely. ``strict_hint``: the sentence a
+    strict error ends with, saying how to turn strictness off where this checkpointer is used
+    (default: the ``MODEL.CONVNEXT.STRICT_LOAD`` config key).
+    """
+
+    def __init__(self, model, save_dir="", *, strict: bool = True, strict_hint: str | None = None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = bool(strict)
+        self.strict_hint = STRICT_HINT if strict_hint is None else strict_hint
+
+    def _error(self, message: str, hint: bool = True) -> CheckpointError:
+        message = _without_core_advice(message)
+        return CheckpointError(f"{message}\n{self.strict_hint}" if hint and self.strict_hint else message)
 
     # -- reading ---------------------------------------------------------------------------------
     def load(self, path, checkpointables=None):
@@ -94,12 +124,15 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             if k.startswith(prefix) and k not in mis_shaped and not _OUTPUT_NORM.match(k[len(prefix):])
         ]
         if trunk_missing or trunk_shapes:
-            lines = [f"missing backbone tensor {k}" for k in trunk_missing[:10]]
-            lines += [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in trunk_shapes[:10]]
-            raise CheckpointError(
+            lines = [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in trunk_shapes[:10]]
+            lines += [f"missing backbone tensor {k}" for k in trunk_missing[:10]]
+            message = (
                 f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone "
                 f"(a different size or version?):\n  " + "\n  ".join(lines)
             )
+            if self.strict:
+                raise self._error(message)
+            self.logger.warning(f"{message}\n(non-strict load: the rest is loaded)")
 
     def _load_backbone(self, state, source: str) -> None:
         prefix, trunk = find_convnext(self.model)
@@ -107,11 +140,20 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         try:
             conv = convert_state_dict(state)
         except CheckpointError as e:
-            raise CheckpointError(
+            raise self._error(
                 f"MODEL.WEIGHTS {source} is neither a Detectron2 checkpoint of this model nor a ConvNeXt checkpoint "
-                f"(weights of another architecture?): {e}"
+                f"(weights of another architecture?): {e}", hint=False,
             ) from e
-        report = load_converted(trunk, conv, strict=True, source=str(source))
+        try:
+            report = load_converted(trunk, conv, strict=self.strict, source=str(source))
+        except CheckpointError as e:
+            raise self._error(str(e)) from e
+        if not report.ok:  # strict=False: what did not fit stays at init, listed here
+            errs = report.errors()
+            self.logger.warning(
+                f"[ConvNextCheckpointer] {source}: {len(errs)} backbone tensors did not fit and stay at init "
+                f"(non-strict load):\n  " + "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
+            )
         norms = sorted({prefix + k.split(".")[0] for k in report.initialized})
         self.logger.info(
             f"[ConvNextCheckpointer] {source}: {conv.source_format} ConvNeXt checkpoint -> {prefix.rstrip('.') or 'model'} "

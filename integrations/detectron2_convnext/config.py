@@ -30,6 +30,9 @@ def add_convnext_config(cfg: CN) -> CN:
     c.FROZEN_STAGES = -1  # -1: train all; 0: freeze the stem; k: stem and stages 1..k
     c.NORM_OUTPUTS = True  # one LayerNorm per returned map, as the official det/seg backbones
     c.GRADIENT_CHECKPOINTING = False
+    # MODEL.WEIGHTS must fit the backbone completely (missing or mis-shaped tensors are an error).
+    # False: load the backbone tensors that fit and list the rest as warnings.
+    c.STRICT_LOAD = True
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" (the ConvNeXt recipe) or "SGD" (Detectron2's default)
     cfg.SOLVER.BETAS = (0.9, 0.999)

@@ -1,8 +1,9 @@
 # LazyConfig: Detectron2's own Mask R-CNN FPN (common/models/mask_rcnn_fpn.py) with ConvNeXt-T as
 # the bottom-up network, and the official ConvNeXt-T Mask R-CNN 3x recipe (46.2 box / 41.7 mask AP
 # published; see ../mask_rcnn_convnext_tiny_fpn_3x_coco.yaml for the YAML twin).
-# Train with Detectron2's tools/lazyconfig_train_net.py; load backbone weights with
-# detectron2_convnext.ConvNextCheckpointer (any ConvNeXt checkpoint format) as train.init_checkpoint.
+# Train with convnext-d2-lazy-train (python -m detectron2_convnext.lazy_train_net; also on CPU and with
+# --num-gpus/--num-machines) or Detectron2's tools/lazyconfig_train_net.py; train.init_checkpoint takes
+# any ConvNeXt checkpoint format through detectron2_convnext.ConvNextCheckpointer.
 import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L

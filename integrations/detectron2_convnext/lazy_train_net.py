@@ -1,0 +1,283 @@
+"""Train / evaluate / resume a Detectron2 LazyConfig with a ConvNeXt backbone (``configs/detectron2/lazy/``).
+
+    convnext-d2-lazy-train --config-file configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py \\
+        --num-gpus 8 train.init_checkpoint=convnext_tiny_1k_224.pth
+    convnext-d2-lazy-train --config-file ... --resume        # continue from train.output_dir/last_checkpoint
+    convnext-d2-lazy-train --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
+
+Overrides are ``key=value`` (Detectron2's ``LazyConfig.apply_overrides``). The loop is the one
+Detectron2's ``tools/lazyconfig_train_net.py`` runs (SimpleTrainer / AMPTrainer, LR scheduler,
+periodic checkpoints, evaluation, writers), with the pieces ``convnext-d2-train`` has:
+``ConvNextCheckpointer`` (``train.init_checkpoint`` takes any ConvNeXt checkpoint format;
+``train.init_checkpoint_strict=False`` loads the backbone tensors that fit), ``--register-coco``,
+the CPU fallbacks (``train.device`` cuda -> cpu, AMP off), ``COCOEvaluator(use_fast_impl=False)``
+where Detectron2's compiled ops are missing, and the same distributed behaviour: ``--num-gpus N``
+on a machine without CUDA runs N CPU processes (gloo) through Detectron2's ``launch``.
+Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 2).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import logging
+import os
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
+from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from omegaconf import DictConfig
+
+from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
+from .checkpoint import ConvNextCheckpointer, _atomic_write
+from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
+from .train_net import ProgressBar, _register_datasets
+
+__all__ = ["load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY"]
+
+PROG = "convnext-d2-lazy-train"
+STRICT_KEY = "train.init_checkpoint_strict"  # ours: read by this script, not by Detectron2's
+LAZY_STRICT_HINT = (
+    f"To load only the backbone tensors that fit (the rest are then listed as warnings), add {STRICT_KEY}=False "
+    f"to the {PROG} command line."
+)
+logger = logging.getLogger("detectron2_convnext")
+
+try:
+    from hydra.errors import OverrideParseException
+
+    _OVERRIDE_ERRORS: tuple[type[Exception], ...] = (OverrideParseException, ValueError, KeyError)
+except ImportError:  # apply_overrides then parses without hydra
+    _OVERRIDE_ERRORS = (ValueError, KeyError)
+
+
+def _has_fast_coco_eval() -> bool:
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cpu_fallbacks(cfg) -> list[str]:
+    notes = []
+    if not torch.cuda.is_available():
+        if str(cfg.train.get("device", "cuda")).startswith("cuda"):
+            notes.append(f"CUDA is not available: train.device {cfg.train.get('device', 'cuda')} -> cpu")
+            cfg.train.device = "cpu"
+        if cfg.train.get("amp", {}).get("enabled", False):
+            notes.append("train.amp.enabled needs CUDA (Detectron2's AMPTrainer): disabled on CPU")
+            cfg.train.amp.enabled = False
+    evaluator = cfg.dataloader.get("evaluator")
+    if isinstance(evaluator, DictConfig) and "COCOEvaluator" in str(evaluator.get("_target_", "")):
+        if evaluator.get("use_fast_impl", True) and not _has_fast_coco_eval():
+            notes.append("COCOEvaluator use_fast_impl needs Detectron2's compiled ops (detectron2._C): using the pycocotools path")
+            evaluator.use_fast_impl = False
+    return notes
+
+
+def _accepts(target, name: str) -> bool:
+    if isinstance(target, str):
+        return True  # not resolved here: let instantiate judge
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _check_override_keys(cfg, overrides: list[str]) -> None:
+    """An override of a key that does not exist would silently add it: refuse, with the closest key."""
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key == STRICT_KEY or "=" not in item:
+            continue  # our own key; a malformed item is left to the override parser
+        parent_key, _, leaf = key.rpartition(".")
+        parent = cfg if not parent_key else _select(cfg, parent_key)
+        if not isinstance(parent, DictConfig) or leaf in parent:
+            continue
+        if "_target_" in parent:
+            if _accepts(parent._target_, leaf):
+                continue
+            target = getattr(parent._target_, "__qualname__", parent._target_)
+            raise UserError(f"override {item!r}: {target} takes no argument {leaf!r} (set at {parent_key})")
+        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent.keys()]
+        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+        raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def _select(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def load_config(args):
+    """``(cfg, notes)``: the LazyConfig with the overrides applied and the fallbacks taken."""
+    if not args.config_file:
+        raise UserError("--config-file is required (a LazyConfig .py, e.g. configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py)")
+    if not os.path.isfile(args.config_file):
+        raise UserError(f"config file not found: {args.config_file}")
+    check_no_flags_in_overrides(args.opts)
+    cfg = LazyConfig.load(args.config_file)
+    opts = list(args.opts or [])
+    _check_override_keys(cfg, opts)
+    try:
+        cfg = LazyConfig.apply_overrides(cfg, opts)
+    except _OVERRIDE_ERRORS as e:  # a malformed key=value
+        raise UserError(f"bad override in {opts}: {e}") from e
+    for section in ("model", "dataloader", "train", "optimizer", "lr_multiplier"):
+        if section not in cfg:
+            raise UserError(f"{args.config_file} defines no `{section}` (a LazyConfig for this script needs model, dataloader, train, optimizer, lr_multiplier)")
+    return cfg, _cpu_fallbacks(cfg)
+
+
+def _names(dataset_cfg) -> list[str]:
+    names = dataset_cfg.get("names", []) if isinstance(dataset_cfg, DictConfig) else []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def preflight(args, cfg) -> None:
+    """As ``convnext-d2-train``'s: datasets registered, batch splits over the processes, model builds (meta)."""
+    _register_datasets(args)
+    known = set(DatasetCatalog.list())
+    loaders = ("test",) if args.eval_only else ("train", "test")
+    for split in loaders:
+        for name in _names(cfg.dataloader.get(split, {}).get("dataset")):
+            if name not in known:
+                raise UserError(
+                    f"dataloader.{split}.dataset.names: dataset {name!r} is not registered; register a COCO-format "
+                    f"dataset with --register-coco {name} JSON IMAGE_ROOT"
+                )
+    world = args.num_gpus * args.num_machines
+    batch = cfg.dataloader.train.get("total_batch_size")
+    if not args.eval_only and batch and batch % world:
+        raise UserError(f"dataloader.train.total_batch_size {batch} does not split evenly over {world} processes")
+    weights = cfg.train.get("init_checkpoint", "")
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
+        raise UserError(f"train.init_checkpoint not found: {weights}")
+    with torch.device("meta"):
+        instantiate(cfg.model)
+
+
+def _evaluate(cfg, model):
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+    return results
+
+
+def _write_results(cfg, results) -> None:
+    if comm.is_main_process() and results:
+        path = os.path.join(cfg.train.output_dir, "eval_results.json")
+        _atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=2, default=float)))
+
+
+class _Job:
+    def __init__(self, cfg, model, trainer=None, start_iter=0):
+        self.cfg, self.model, self.trainer, self.start_iter = cfg, model, trainer, start_iter
+        self.results = None
+
+
+def build(args) -> _Job:
+    """Per-process: datasets, config, model (weights loaded) and, unless ``--eval-only``, the trainer."""
+    _register_datasets(args)
+    cfg, notes = load_config(args)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detectron2_convnext")
+    for note in notes:
+        logger.warning(note)
+    setup_cpu_worker()
+    strict = bool(cfg.train.get("init_checkpoint_strict", True))
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    model = cpu_sync_batchnorm(model)
+    if args.eval_only:
+        ConvNextCheckpointer(model, cfg.train.output_dir, strict=strict, strict_hint=LAZY_STRICT_HINT).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
+        return _Job(cfg, model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = ConvNextCheckpointer(
+        model, cfg.train.output_dir, strict=strict, strict_hint=LAZY_STRICT_HINT, trainer=trainer
+    )  # saves on rank 0 only
+    job = _Job(cfg, model, trainer)
+
+    def evaluate():
+        job.results = _evaluate(cfg, model)
+        return job.results
+
+    main = comm.is_main_process()
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        ProgressBar() if main else None,
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+        hooks.EvalHook(cfg.train.eval_period, evaluate),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period) if main else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    job.start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    return job
+
+
+def _execute(job: _Job):
+    if job.trainer is None:
+        results = _evaluate(job.cfg, job.model)
+    else:
+        job.trainer.train(job.start_iter, job.cfg.train.max_iter)
+        results = job.results
+    _write_results(job.cfg, results)
+    return results
+
+
+def run(args):
+    """The per-process job that Detectron2's ``launch`` runs: ``build``, then train or evaluate."""
+    return _execute(build(args))
+
+
+def _worker(args):
+    with user_errors(PROG):
+        job = build(args)
+    return _execute(job)
+
+
+def argument_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.prog = PROG
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME (repeatable); use NAME in dataloader.*.dataset.names",
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    """``convnext-d2-lazy-train``: parse, check, then hand over to Detectron2's ``launch``."""
+    args = argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+
+    def check():
+        cfg, _ = load_config(args)
+        preflight(args, cfg)
+
+    return launch_cli(PROG, check, _worker, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
