@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -25,7 +24,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from convnext_backbone import CheckpointError
+from convnext_backbone.config import OUTPUT_NORM_KEY
 from convnext_backbone.convert import convert_state_dict, load_converted, read_checkpoint
+from convnext_backbone.fileio import atomic_write
 
 from .backbone import find_convnext
 
@@ -35,29 +36,8 @@ STRICT_HINT = (
     "To load only the backbone tensors that fit (the rest are then listed as warnings), set "
     "MODEL.CONVNEXT.STRICT_LOAD False (in the config, or on the convnext-d2-train command line)."
 )
-# The core's advice for its own API (load_checkpoint / from_pretrained): the sentence naming strict=False.
-_CORE_STRICT_ADVICE = re.compile(r"[^\n.]*\bstrict\s*=\s*False\b[^\n]*")
-
-_OUTPUT_NORM = re.compile(r"^(norm_stem|norm\d+)\.")  # absent from classification checkpoints: fresh init is fine
 # Formats the core reads itself (fvcore would torch.load them or fail on a directory).
 _CORE_SUFFIXES = (".safetensors", ".bin", ".pkl")
-
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _without_core_advice(message: str) -> str:
-    lines = [ln.rstrip() for ln in _CORE_STRICT_ADVICE.sub("", message).split("\n")]
-    return "\n".join(ln for ln in lines if ln.strip())
 
 
 class ConvNextCheckpointer(DetectionCheckpointer):
@@ -74,7 +54,6 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         self.strict_hint = STRICT_HINT if strict_hint is None else strict_hint
 
     def _error(self, message: str, hint: bool = True) -> CheckpointError:
-        message = _without_core_advice(message)
         return CheckpointError(f"{message}\n{self.strict_hint}" if hint and self.strict_hint else message)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -121,7 +100,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         mis_shaped = {k for k, _, _ in trunk_shapes}
         trunk_missing = [
             k for k in incompatible.missing_keys
-            if k.startswith(prefix) and k not in mis_shaped and not _OUTPUT_NORM.match(k[len(prefix):])
+            if k.startswith(prefix) and k not in mis_shaped and not OUTPUT_NORM_KEY.match(k[len(prefix):])
         ]
         if trunk_missing or trunk_shapes:
             lines = [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in trunk_shapes[:10]]
@@ -144,10 +123,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
                 f"MODEL.WEIGHTS {source} is neither a Detectron2 checkpoint of this model nor a ConvNeXt checkpoint "
                 f"(weights of another architecture?): {e}", hint=False,
             ) from e
-        try:
-            report = load_converted(trunk, conv, strict=self.strict, source=str(source))
-        except CheckpointError as e:
-            raise self._error(str(e)) from e
+        report = load_converted(trunk, conv, strict=self.strict, source=str(source), hint=self.strict_hint)
         if not report.ok:  # strict=False: what did not fit stays at init, listed here
             errs = report.errors()
             self.logger.warning(
@@ -186,12 +162,8 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        atomic_write(path, lambda tmp: torch.save(data, tmp))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
-
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from convnext_backbone.fileio import atomic_write
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "detectron2" / "demo" / "mask_rcnn_convnextv2_atto_fpn_shapes.yaml"
 
@@ -93,10 +94,8 @@ def draw_predictions(cfg, model, dataset_name: str, path: Path, num_images: int 
         cv2.putText(header, text, (x + 8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
     sep = np.full((8, width, 3), 255, dtype=np.uint8)
     grid = np.concatenate([header] + [x for r in rows for x in (r, sep)][:-1], axis=0)
-    tmp = path.with_name("." + path.stem + ".tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
-    return path
+    bgr = cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)
+    return atomic_write(path, lambda tmp: cv2.imwrite(tmp, bgr), suffix=".png")  # cv2 picks the format by suffix
 
 
 def main(argv=None) -> dict:
@@ -151,9 +150,7 @@ def main(argv=None) -> dict:
         "iterations": cfg.SOLVER.MAX_ITER,
         "png": str(png),
     }
-    tmp = out / ".results.json"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "results.json")
+    atomic_write(out / "results.json", json.dumps(summary, indent=2))
     print(f"done in {summary['total_seconds']:.0f} s (training and evaluation {train_s:.0f} s); results in {out / 'results.json'}")
     return summary
 

@@ -33,8 +33,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
+from convnext_backbone.fileio import atomic_write
+
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
-from .checkpoint import ConvNextCheckpointer, _atomic_write
+from .checkpoint import ConvNextCheckpointer
 from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
 from .train_net import ProgressBar, _register_datasets
 
@@ -181,7 +183,7 @@ def _evaluate(cfg, model):
 def _write_results(cfg, results) -> None:
     if comm.is_main_process() and results:
         path = os.path.join(cfg.train.output_dir, "eval_results.json")
-        _atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=2, default=float)))
+        atomic_write(path, json.dumps(results, indent=2, default=float))
 
 
 class _Job:

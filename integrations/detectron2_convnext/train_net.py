@@ -35,8 +35,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
+from convnext_backbone.fileio import atomic_write
+
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
-from .checkpoint import ConvNextCheckpointer, _atomic_write
+from .checkpoint import ConvNextCheckpointer
 from .config import add_convnext_config
 from .data import build_train_mapper
 from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
@@ -235,7 +237,7 @@ def setup(args):
 def _write_results(cfg, results) -> None:
     if comm.is_main_process() and results:
         path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-        _atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=2, default=float)))
+        atomic_write(path, json.dumps(results, indent=2, default=float))
 
 
 def build(args, trainer_class=Trainer):
