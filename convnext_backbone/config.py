@@ -132,13 +132,19 @@ def resolve_out_features_out_indices(
     return out_features, out_indices
 
 
+def suggestion(name: str, choices, cutoff: float = 0.8) -> str | None:
+    """The valid name closest to a misspelt ``name``, if one is close enough to be what was meant."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
 def closest(name: str, choices, what: str) -> str:
     """``; did you mean 'x'? (the presets are [...])`` for a misspelt ``name``: the suggestion only
     when one is close, the valid names always."""
     choices = [str(c) for c in choices]
-    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.8)
+    match = suggestion(name, choices)
     listed = f"{what} are {choices}"
-    return f"; did you mean {match[0]!r}? ({listed})" if match else f"; {listed}"
+    return f"; did you mean {match!r}? ({listed})" if match else f"; {listed}"
 
 
 def _integer(field: str, value: Any) -> int:

@@ -17,7 +17,6 @@ Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import logging
@@ -33,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
+from convnext_backbone.config import suggestion
 from convnext_backbone.fileio import atomic_write
 
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
@@ -109,8 +109,8 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
             target = getattr(parent._target_, "__qualname__", parent._target_)
             raise UserError(f"override {item!r}: {target} takes no argument {leaf!r} (set at {parent_key})")
         siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent.keys()]
-        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
-        raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close[0]}?)" if close else ""))
+        close = suggestion(key, siblings, cutoff=0.6)
+        raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close}?)" if close else ""))
 
 
 def _select(cfg, key: str):

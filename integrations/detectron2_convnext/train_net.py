@@ -17,7 +17,6 @@ line and exit status 2; ``CONVNEXT_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
+from convnext_backbone.config import suggestion
 from convnext_backbone.fileio import atomic_write
 
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
@@ -171,9 +171,9 @@ def load_config(args):
         if not unknown:
             raise UserError(f"bad config override: {msg}") from e
         key = unknown.group(1)
-        close = difflib.get_close_matches(key, _config_keys(cfg), n=1, cutoff=0.75)
+        close = suggestion(key, _config_keys(cfg), cutoff=0.75)
         where = "" if key in (args.opts or [])[::2] else f" (in {args.config_file})"
-        raise UserError(f"unknown config key {key}{where}" + (f"; did you mean {close[0]}?" if close else "")) from e
+        raise UserError(f"unknown config key {key}{where}" + (f"; did you mean {close}?" if close else "")) from e
     notes = _cpu_fallbacks(cfg)
     cfg.freeze()
     return cfg, notes
