@@ -392,6 +392,11 @@ def test_float_and_high_bit_depth_images_load_as_shown(tmp_path):
         assert info["mode"] == im.mode and x.dtype == torch.uint8 and tuple(x.shape) == (3, 32, 48)
         assert np.abs(x[0].numpy().astype(int) - want).max() <= 1, name  # not black, not saturated
         assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    # a PIL image given to the API is mapped the same way
+    from convnext_backbone.export import make_transform
+
+    letterbox = make_transform("letterbox", 64)
+    assert torch.equal(letterbox(Image.fromarray(ramp))[0], letterbox(Image.fromarray(want))[0])
     # a dark 16-bit image stays dark: the range is the type's, not the data's
     Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "dark16.tif")
     assert int(load_image(tmp_path / "dark16.tif")[0].max()) == 1

@@ -311,6 +311,13 @@ def _to_uint8(im) -> "Image.Image":
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
+def _uint8_chw(image: Any) -> torch.Tensor:
+    """The core's ``to_uint8_chw``, with PIL float/16/32-bit images first mapped as shown (``_to_uint8``)."""
+    from PIL import Image
+
+    return to_uint8_chw(_to_uint8(image) if isinstance(image, Image.Image) else image)
+
+
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     """Decode fully (truncation raises here, not later), apply EXIF orientation, -> 3xHxW uint8.
 
@@ -324,7 +331,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         mode = im.mode
         im.load()
         im = ImageOps.exif_transpose(im)
-        x = to_uint8_chw(_to_uint8(im))
+        x = _uint8_chw(im)
     return x, {"mode": mode, "hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
@@ -341,7 +348,7 @@ class Letterbox:
         return {"method": self.method, "size": self.size, "mean": self.mean, "std": self.std, "resample": self.resample}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = to_uint8_chw(image)
+        x = _uint8_chw(image)
         h, w = int(x.shape[-2]), int(x.shape[-1])
         scale = self.size / max(h, w)
         rh, rw = max(1, min(self.size, round(h * scale))), max(1, min(self.size, round(w * scale)))
@@ -374,7 +381,7 @@ class ProcessorResize:
         return {"method": self.method, "size": self.size, "processor": self.processor.to_dict()}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = to_uint8_chw(image)
+        x = _uint8_chw(image)
         return self.processor.preprocess_one(x), {"image_hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
