@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from convnext_backbone.fileio import atomic_write
 
 PEER_NAMES = {"timm": "timm", "hf": "HF"}
 
@@ -128,15 +128,5 @@ def render_ratios(rows: list[dict[str, Any]]) -> str:
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
-    """Atomic: a temp file in the same directory, then rename; nothing half-written on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Atomic (``fileio.atomic_write``): nothing half-written on failure; the umask's permissions."""
+    atomic_write(path, json.dumps(results, indent=1) + "\n")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from .convert import CheckpointError, describe_conversion, infer_config, load_converted, open_checkpoint
 
@@ -18,10 +20,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-strict", action="store_true", help="write what matches even if keys are missing/unexpected")
 
 
+def check_destination(dst: str | os.PathLike) -> None:
+    """``dst`` can become the output directory: raise ``ValueError`` naming the problem otherwise.
+
+    Checked before any checkpoint is read (a large one takes a while to load, and a failure
+    after that wastes it): ``dst`` is a directory or does not exist yet, and its nearest
+    existing ancestor is a writable directory.
+    """
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{dst} exists and is not a directory; DST is a directory (config.json + model.safetensors)")
+    probe = dst
+    while not probe.exists():
+        if probe.is_symlink():
+            raise ValueError(f"{probe} is a dangling symlink; DST cannot be created there")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{probe} is a file, so {dst} cannot be created as a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{probe} is not writable; cannot write {dst}")
+
+
 def run(args: argparse.Namespace) -> int:
     from .model import ConvNextBackbone, ConvNextForImageClassification
 
     try:
+        check_destination(args.dst)
         local, conv, config_dict = open_checkpoint(args.src)
         print(describe_conversion(conv), end="")
         overrides: dict = {}
@@ -49,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  initialized fresh (not in SRC): {sorted({k.split('.')[0] for k in report.initialized})}")
     for line in report.errors():
         print(f"  ERROR {line}")
-    out = model.save_pretrained(args.dst)
+    try:
+        out = model.save_pretrained(args.dst)
+    except OSError as e:  # disk full, permissions changed meanwhile: nothing half-written (atomic writes)
+        print(f"convert failed: cannot write {args.dst}: {e}")
+        return 2
     print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
     return 0 if report.ok else 1

@@ -2,8 +2,10 @@
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -134,3 +136,63 @@ def test_convert_command_reports_failure(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "r.pth"), str(tmp_path / "out")]) == 2
     assert "convert failed: unrecognised checkpoint" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_an_existing_dst_file_before_loading(tmp_path, atto_dir, capsys, monkeypatch):
+    import convnext_backbone.convert_cmd as convert_cmd
+
+    def no_loading(*a, **k):
+        raise AssertionError("the checkpoint was opened before DST was checked")
+
+    monkeypatch.setattr(convert_cmd, "open_checkpoint", no_loading)
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"keep me")
+    for target, message in [(dst, f"{dst} exists and is not a directory"),
+                            (dst / "sub", f"{dst} is a file, so {dst / 'sub'} cannot be created as a directory")]:
+        capsys.readouterr()
+        assert cli_main(["convert", str(atto_dir), str(target)]) == 2
+        out = capsys.readouterr().out
+        assert out.startswith(f"convert failed: {message}") and out.count("\n") == 1, out
+    assert dst.read_bytes() == b"keep me"
+
+
+def test_mistyped_local_paths_say_not_found_and_only_hub_ids_go_to_the_hub(tmp_path, monkeypatch):
+    """Offline: a stand-in huggingface_hub records what would be downloaded."""
+    import types
+
+    from convnext_backbone.hub import resolve_pretrained
+
+    asked: list[str] = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OSError("offline (test stand-in)")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    local = ["ckpt/nonexist.pth", "ckpt/nonexist", "runs/model.safetensors", "runs/a/b", "./model", "../model",
+             "/nonexistent/model", "~/nonexistent-ckpt", "model.pth.tar", "convnext_tiny", "bad name/x", "weights.ckpt"]
+    for name in local:
+        with pytest.raises(FileNotFoundError, match=f"checkpoint not found: {re.escape(name)}"):
+            resolve_pretrained(name)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: facebook/convnext-tiny-224"):
+        resolve_pretrained(Path("facebook/convnext-tiny-224"))  # a Path names a file, never a repository
+    with pytest.raises(FileNotFoundError, match=r"read as a local path: ckpt/ exists here"):
+        resolve_pretrained("ckpt/nonexist")
+    assert asked == []
+    for name, repo in [("facebook/convnext-tiny-224", None), ("timm/convnext_tiny.fb_in1k", None),
+                       ("hf-hub:timm/convnext_tiny.fb_in1k", "timm/convnext_tiny.fb_in1k"),
+                       ("hf_hub:facebook/convnextv2-atto-1k-224", "facebook/convnextv2-atto-1k-224")]:
+        with pytest.raises(HubUnavailableError, match=re.escape(f"could not fetch {repo or name!r}")):
+            resolve_pretrained(name)
+        assert asked[-1] == (repo or name)
+    with pytest.raises(ValueError, match="not a Hugging Face Hub id"):
+        resolve_pretrained("hf-hub:a/b/c")
+    # what exists is used as it is, even when it could be a hub id
+    (tmp_path / "facebook" / "convnext-tiny-224").mkdir(parents=True)
+    assert resolve_pretrained("facebook/convnext-tiny-224") == Path("facebook/convnext-tiny-224")
+    assert len(asked) == 4
+    # through the model API and the convert command, the same message
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: ckpt/nonexist.pth"):
+        ConvNextBackbone.from_pretrained("ckpt/nonexist.pth")

@@ -68,6 +68,10 @@ def folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray | None]]:
     Image.fromarray(g16.astype(np.uint16) * 257).save(root / "i16.png")  # 16-bit: v * 257 / 65535 * 255 == v
     assert Image.open(root / "i16.png").mode == "I;16"
     expect["i16.png"] = np.repeat(g16[..., None], 3, -1)
+    f01 = _picture(48, 72, 7)[..., 2].astype(np.float32) / 255  # a float TIFF in [0, 1]: shown as v * 255
+    Image.fromarray(f01).save(root / "sub" / "float.tif")
+    assert Image.open(root / "sub" / "float.tif").mode == "F"
+    expect["sub/float.tif"] = np.repeat(_picture(48, 72, 7)[..., 2:3], 3, -1)
     (root / "corrupt.jpg").write_bytes(np.random.default_rng(5).bytes(700))
     expect["corrupt.jpg"] = None
     buf = io.BytesIO()
@@ -176,7 +180,7 @@ def test_npz_float16_and_verify(weights, folder, exported, tmp_path):
     out = tmp_path / "npz"
     assert cli(export_args(weights, folder[0], out, "--format", "npz", "--dtype", "float16")) == 0
     ok = [r for r in manifest(out) if r["status"] == "ok"]
-    assert len(ok) == 5 and all(r["output"].endswith(".npz") for r in ok)
+    assert len(ok) == 6 and all(r["output"].endswith(".npz") for r in ok)
     for r in ok:
         ref = load_features(exported / r["output"].replace(".npz", ".safetensors"))
         got = load_features(out / r["output"])
@@ -284,7 +288,7 @@ def test_torchrun_two_ranks_equal_single_process(weights, folder, exported, tmp_
     assert {r["rank"] for r in multi} == {0, 1}
     strip = lambda recs: [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
     assert strip(multi) == strip(single)
-    assert "export: 7 images: 5 written, 0 already done, 2 failed" in run.stderr
+    assert "export: 8 images: 6 written, 0 already done, 2 failed" in run.stderr
     for r in (r for r in single if r["status"] == "ok"):
         a, b = load_features(exported / r["output"]), load_features(out / r["output"])
         assert max_abs_diff([a[k] for k in ALL], [b[k] for k in ALL]) < 1e-5, r["output"]
@@ -304,3 +308,105 @@ def test_input_specs(folder, tmp_path):
     assert [p.name for p in list_inputs(f"{root}/**/*.png").paths] == ["gray.png", "i16.png", "pal.png", "rgba.png", "trunc.png"]
     with pytest.raises(ValueError, match="no images found"):
         list_inputs(f"{root}/*.webp")
+
+
+# -- inputs reached by several paths ------------------------------------------------------------
+def _looped_tree(root: Path, n_loops: int, dir_alias: bool = True) -> list[str]:
+    """5 real images, ``n_loops`` directory loops, a symlinked file, a hard link and (``dir_alias``) a
+    second link to a directory; -> the relative paths that must be exported (each real file once)."""
+    for d in ("sub", "sub2", "sub/deep"):
+        (root / d).mkdir(parents=True)
+    real = ["a.png", "b.jpg", "sub/c.png", "sub/deep/d.png", "sub2/e.png"]
+    for i, rel in enumerate(real):
+        Image.fromarray(_picture(24 + 8 * i, 40, 20 + i)).save(root / rel)
+    for d in ("sub", "sub2")[:n_loops]:
+        (root / d / "up").symlink_to("..", target_is_directory=True)  # a loop back to the root
+    (root / "a_link.jpg").symlink_to("b.jpg")  # sorts before its target: the real name must still win
+    os.link(root / "sub" / "c.png", root / "sub2" / "hard.png")  # a hard link: the same file
+    if dir_alias:
+        (root / "again").symlink_to("sub", target_is_directory=True)  # a second way into sub/
+    return real
+
+
+_LIST = """
+import json, sys
+from convnext_backbone.export import list_inputs
+got = list_inputs(sys.argv[1])
+print(json.dumps({"paths": [got.relative(p) for p in got.paths], "notes": got.notes}))
+"""
+
+
+@pytest.mark.parametrize("n_loops", [1, 2])
+def test_symlink_loops_and_aliases_list_each_real_file_once(n_loops, tmp_path):
+    from convnext_backbone.export import list_inputs
+
+    root = tmp_path / "tree"
+    real = _looped_tree(root, n_loops)
+    # in a subprocess with a time limit: the old listing ran for ever here (2^40 paths), and a
+    # thread could not be stopped
+    run = subprocess.run([sys.executable, "-c", _LIST, str(root)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout)
+    assert got["paths"] == real
+    notes = "\n".join(got["notes"])
+    assert "a_link.jpg: same file as b.jpg" in notes and "sub2/hard.png: same file as sub/c.png" in notes
+    assert "again/: directory already walked as sub/" in notes and "sub/up/: directory already walked as ./" in notes
+    # a glob with ** walks the same way; a list file naming one file twice keeps one path
+    assert [p.name for p in list_inputs(f"{root}/**/*.png").paths] == ["a.png", "c.png", "d.png", "e.png"]
+    listed = tmp_path / "list.txt"
+    listed.write_text("tree/a_link.jpg\ntree/b.jpg\ntree/again/c.png\ntree/missing.png\n")
+    assert [str(p) for p in list_inputs(listed).paths] == [str(root / "again" / "c.png"), str(root / "b.jpg"), str(root / "missing.png")]
+
+
+def test_symlink_loop_export_writes_each_image_once(weights, tmp_path, capsys):
+    root = tmp_path / "tree"
+    real = _looped_tree(root, 1, dir_alias=False)  # one loop: the issue's 5 images -> 205 manifest lines
+    out = tmp_path / "out"
+    assert cli(export_args(weights, root, out, "--workers", "0", "--features", "stage4")) == 0
+    records = manifest(out)
+    assert [Path(r["source"]).relative_to(root).as_posix() for r in records] == real
+    assert all(r["status"] == "ok" for r in records)
+    assert sorted(p.relative_to(out / "features").as_posix() for p in (out / "features").rglob("*") if p.is_file()) == [
+        f"{rel}.safetensors" for rel in real
+    ]
+    err = capsys.readouterr().err
+    assert "export: 5 images: 5 written" in err and "input: a_link.jpg: same file as b.jpg" in err
+
+
+# -- float and 16/32-bit images -----------------------------------------------------------------
+def test_float_and_high_bit_depth_images_load_as_shown(tmp_path):
+    from convnext_backbone.export import load_image
+
+    ramp = np.linspace(0, 1, 32 * 48, dtype=np.float32).reshape(32, 48)
+    want = np.rint(ramp.astype(np.float64) * 255).astype(np.uint8)
+    cases = {
+        "f01.tif": Image.fromarray(ramp),  # float [0, 1]: the convention of float images
+        "f255.tif": Image.fromarray(want.astype(np.float32)),  # float holding 8-bit levels
+        "u16.tif": Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)),  # I;16: full 16-bit range
+        "i32.tif": Image.fromarray(np.rint(ramp * 65535).astype(np.int32)),  # I: read as 16-bit
+    }
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+        x, info = load_image(tmp_path / name)
+        assert info["mode"] == im.mode and x.dtype == torch.uint8 and tuple(x.shape) == (3, 32, 48)
+        assert np.abs(x[0].numpy().astype(int) - want).max() <= 1, name  # not black, not saturated
+        assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    # a PIL image given to the API is mapped the same way
+    from convnext_backbone.export import make_transform
+
+    letterbox = make_transform("letterbox", 64)
+    assert torch.equal(letterbox(Image.fromarray(ramp))[0], letterbox(Image.fromarray(want))[0])
+    # a dark 16-bit image stays dark: the range is the type's, not the data's
+    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "dark16.tif")
+    assert int(load_image(tmp_path / "dark16.tif")[0].max()) == 1
+    bad = {
+        "neg.tif": (Image.fromarray(ramp * 2 - 1), r"values in \[-1, 1\]: expected \[0, 1\]"),
+        "big.tif": (Image.fromarray(ramp * 1000), r"values in \[0, 1000\]"),
+        "nan.tif": (Image.fromarray(np.where(ramp > 0.5, np.nan, ramp).astype(np.float32)), "NaN/inf"),
+        "i32big.tif": (Image.fromarray((ramp * 1e6).astype(np.int32)), "outside the 16-bit range"),
+    }
+    for name, (im, message) in bad.items():
+        im.save(tmp_path / name)
+        with pytest.raises(ValueError, match=message):
+            load_image(tmp_path / name)

@@ -16,8 +16,10 @@ classification-style inputs.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,16 @@ _GLOB_CHARS = set("*?[")
 
 
 class InputList:
-    """Sorted, de-duplicated absolute image paths and the ``root`` their output paths mirror."""
+    """Sorted absolute image paths (each real file once) and the ``root`` their output paths mirror.
 
-    def __init__(self, root: Path, paths: list[Path]):
+    ``notes``: what was left out and why (a second path to a file already listed, a directory
+    already walked), one line each, for the command to show.
+    """
+
+    def __init__(self, root: Path, paths: list[Path], notes: list[str] | None = None):
         self.root = root
         self.paths = paths
+        self.notes = notes or []
 
     def relative(self, path: Path) -> str:
         return Path(os.path.relpath(path, self.root)).as_posix()
@@ -54,12 +61,174 @@ def _absolute(p: str | Path) -> Path:
     return Path(os.path.abspath(os.fspath(p)))
 
 
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
+def _is_image(p: Path | str) -> bool:
+    return os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to; None if it cannot be reached (dangling link...)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise OSError(f"cannot list directory {folder}: {e.strerror or e}") from e
+
+
+def _entry_identity(entry: os.DirEntry) -> tuple[int, int]:
+    st = entry.stat(follow_symlinks=False)  # one lstat; a regular file, so no link to follow
+    return st.st_dev, st.st_ino
+
+
+def _shown(path: Path, root: Path) -> str:
+    rel = os.path.relpath(path, root)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def _walk(root: Path, want, notes: list[str]) -> list[Path]:
+    """Files under ``root`` for which ``want(path)`` holds, following symlinks, each real file once.
+
+    A directory (device + inode) is walked once, so symlink loops (``sub/up -> ..``) and links
+    to a directory already walked add nothing; a file reached by several paths (a symlink to
+    it, a hard link, a directory reachable twice) is listed once. Which path is kept:
+    the one that crosses the fewest symlinks, and among those the first in sorted order
+    (component by component, as ``sorted`` orders ``Path`` objects). So the real tree always
+    keeps its own names, and a link only adds the files that are not reachable without it.
+
+    Walked in rounds: round k walks, without following links, from the symlinks that round
+    k - 1 met (round 0: from ``root``), in sorted order, depth first with sorted entries.
+    An unreadable directory is an error naming it, not a silent omission.
+    """
+    seen_dirs: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], Path] = {}
+    found: list[Path] = []
+    starts = [root]
+    while starts:
+        links: list[Path] = []
+        for start in sorted(starts):
+            try:
+                st = os.stat(start)
+            except OSError:  # dangling or looping link: an input that will fail with its own error
+                if start != root and want(start):
+                    found.append(start)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if not stat.S_ISDIR(st.st_mode):
+                if stat.S_ISREG(st.st_mode) and want(start):
+                    if key in seen_files:
+                        notes.append(f"{_shown(start, root)}: same file as {_shown(seen_files[key], root)}; exported once, as the latter")
+                    else:
+                        seen_files[key] = start
+                        found.append(start)
+                continue
+            if key in seen_dirs:
+                notes.append(f"{_shown(start, root)}/: directory already walked as {_shown(seen_dirs[key], root)}/; not walked again")
+                continue
+            seen_dirs[key] = start
+            stack = [iter(_sorted_entries(start))]  # pre-order, sorted: paths are met in sorted order
+            while stack:
+                entry = next(stack[-1], None)
+                if entry is None:
+                    stack.pop()
+                    continue
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    links.append(path)  # the next round: it crosses one more link
+                elif entry.is_dir(follow_symlinks=False):
+                    dst = entry.stat(follow_symlinks=False)
+                    dkey = (dst.st_dev, dst.st_ino)
+                    if dkey in seen_dirs:  # a bind mount of a directory already walked
+                        notes.append(f"{_shown(path, root)}/: directory already walked as {_shown(seen_dirs[dkey], root)}/; not walked again")
+                    else:
+                        seen_dirs[dkey] = path
+                        stack.append(iter(_sorted_entries(path)))
+                elif entry.is_file(follow_symlinks=False) and want(path):
+                    fkey = _entry_identity(entry)
+                    if fkey in seen_files:
+                        notes.append(f"{_shown(path, root)}: same file as {_shown(seen_files[fkey], root)}; exported once, as the latter")
+                    else:
+                        seen_files[fkey] = path
+                        found.append(path)
+        starts = links
+    return found
+
+
+def _glob_parts_match(pattern: list[str], parts: list[str]) -> bool:
+    """``glob`` semantics for one relative path: ``**`` = any number of directories, no hidden names
+    unless the pattern component starts with a dot."""
+    if not pattern:
+        return not parts
+    head = pattern[0]
+    if head == "**":
+        for i in range(len(parts) + 1):
+            if i and parts[i - 1].startswith("."):
+                return False
+            if _glob_parts_match(pattern[1:], parts[i:]):
+                return True
+        return False
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _glob_parts_match(pattern[1:], parts[1:])
+
+
+def _glob(spec: str, notes: list[str]) -> list[Path]:
+    """Files matching ``spec``. A ``**`` pattern walks its fixed leading folder with ``_walk`` (loop-safe,
+    each real file once; ``glob.glob`` would follow a loop ~40 levels deep, and two loops for ever)."""
+    parts = spec.split("/")
+    if spec.endswith("/"):
+        return []  # a pattern for directories; inputs are files
+    if "**" not in parts:
+        return _unique_files([_absolute(m) for m in glob.glob(spec) if os.path.isfile(m)], notes)
+    fixed = 0
+    while fixed < len(parts) and not (_GLOB_CHARS & set(parts[fixed])):
+        fixed += 1
+    base = "/".join(parts[:fixed]) or ("/" if spec.startswith("/") else ".")
+    pattern = [q for q in parts[fixed:] if q]
+    if not os.path.isdir(base):
+        return []
+    root = _absolute(base)
+    return _walk(root, lambda p: _glob_parts_match(pattern, list(p.relative_to(root).parts)), notes)
+
+
+def _links_on(path: Path) -> int:
+    """How many components of ``path`` are symlinks."""
+    return sum(os.path.islink(q) for q in (path, *path.parents))
+
+
+def _unique_files(paths: list[Path], notes: list[str]) -> list[Path]:
+    """One path per real file (device + inode): the one with the fewest symlinks, then the first
+    in sorted order (the rule ``_walk`` follows). Unreachable paths are all kept (they fail later
+    with their own error)."""
+    groups: dict[tuple[int, int], list[Path]] = {}
+    kept = []
+    for p in sorted(set(paths)):
+        key = _identity(p)
+        if key is None:
+            kept.append(p)
+        else:
+            groups.setdefault(key, []).append(p)
+    for group in groups.values():
+        best = group[0] if len(group) == 1 else min(group, key=lambda q: (_links_on(q), q))
+        kept.append(best)
+        notes += [f"{q}: same file as {best}; exported once, as the latter" for q in group if q != best]
+    return sorted(kept)
 
 
 def list_inputs(spec: str | os.PathLike) -> InputList:
     """``DIR`` (recursive, image extensions only), a ``GLOB``, a ``LIST.txt`` or one image file.
+
+    Each real file (device + inode) is listed once, under one of the paths that reach it:
+    directories are walked following symlinks but never twice (see ``_walk`` for which path
+    is kept: the fewest symlinks crossed, then the first in sorted order); a list file or a
+    glob without ``**`` keeps, of the paths it names to one file, the one with the fewest
+    symlinks, then the first in sorted order. What was left out is in ``InputList.notes``.
 
     A list file names one path per line (blank lines and ``#`` comments skipped); relative
     lines are relative to the list file's directory. Every listed path is an input, so a
@@ -68,21 +237,18 @@ def list_inputs(spec: str | os.PathLike) -> InputList:
     spec = os.fspath(spec)
     p = Path(spec)
     root: Path | None = None
+    notes: list[str] = []
     if p.is_dir():
         root = _absolute(p)
-        paths = [
-            Path(dirpath) / name
-            for dirpath, _, names in os.walk(root, followlinks=True)
-            for name in names
-            if _is_image(Path(name))
-        ]
+        paths = _walk(root, _is_image, notes)
     elif p.is_file() and p.suffix.lower() == ".txt":
         base = _absolute(p).parent
-        paths = []
+        listed = []
         for line in p.read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                paths.append(_absolute(base / line))
+                listed.append(_absolute(base / line))
+        paths = _unique_files(listed, notes)
     elif p.is_file():
         if not _is_image(p):
             raise ValueError(
@@ -91,7 +257,7 @@ def list_inputs(spec: str | os.PathLike) -> InputList:
             )
         paths = [_absolute(p)]
     elif _GLOB_CHARS & set(spec):
-        paths = [_absolute(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()]
+        paths = _glob(spec, notes)
     else:
         raise FileNotFoundError(f"--input {spec}: no such directory, list file, image or glob pattern")
     paths = sorted(set(paths))
@@ -99,13 +265,65 @@ def list_inputs(spec: str | os.PathLike) -> InputList:
         raise ValueError(f"--input {spec}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if root is None:
         root = Path(os.path.commonpath([str(q.parent) for q in paths]))
-    return InputList(root, paths)
+    return InputList(root, paths, notes)
+
+
+def _to_uint8(im) -> "Image.Image":
+    """Float and 16/32-bit integer images -> 8-bit, as an image viewer shows them; else unchanged.
+
+    - ``F`` (32-bit float, e.g. a float TIFF): values in [0, 1] are scaled by 255 (the float
+      image convention); values in [0, 255] with some above 1 are taken as 8-bit levels.
+      Anything else (negative, above 255, NaN/inf) has no single right display, so it is an
+      error naming the range, never a silently black or saturated export.
+    - ``I;16*`` (16-bit): the full 0..65535 range maps to 0..255.
+    - ``I`` (32-bit integer: 16-bit PNG/PGM as Pillow opens them -- Pillow scales PGM's maxval
+      to 0..65535 -- or an integer TIFF): read as 16-bit, 0..65535 -> 0..255; values outside
+      that range are an error (convert such an image yourself).
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if mode != "F" and mode != "I" and not mode.startswith("I;16"):
+        return im
+    arr = np.asarray(im)
+    if mode == "F":
+        arr = arr.astype(np.float64)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ValueError(f"float image (mode F) with {int((~finite).sum())} NaN/inf pixel(s); cannot display it")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"float image (mode F) with values in [{lo:g}, {hi:g}]: expected [0, 1] (or 0..255 levels); "
+                "rescale it to one of those, or save it as 8/16-bit"
+            )
+        arr = arr * 255.0 if hi <= 1.0 else arr
+    else:
+        arr = arr.astype(np.float64)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"32-bit integer image (mode {mode}) with values in [{lo:g}, {hi:g}], outside the 16-bit range 0..65535; "
+                "convert it to 8 or 16-bit"
+            )
+        arr = arr * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
+def _uint8_chw(image: Any) -> torch.Tensor:
+    """The core's ``to_uint8_chw``, with PIL float/16/32-bit images first mapped as shown (``_to_uint8``)."""
+    from PIL import Image
+
+    return to_uint8_chw(_to_uint8(image) if isinstance(image, Image.Image) else image)
 
 
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     """Decode fully (truncation raises here, not later), apply EXIF orientation, -> 3xHxW uint8.
 
-    Grayscale, RGBA, palette and 16-bit modes are converted by the core's ``to_uint8_chw``.
+    Float (mode ``F``) and 16/32-bit integer images are mapped to 8 bits as a viewer shows
+    them, or raise ``ValueError`` where no display is right (see ``_to_uint8``). Grayscale,
+    RGBA (alpha dropped) and palette images are converted by the core's ``to_uint8_chw``.
     """
     from PIL import Image, ImageOps
 
@@ -113,7 +331,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         mode = im.mode
         im.load()
         im = ImageOps.exif_transpose(im)
-        x = to_uint8_chw(im)
+        x = _uint8_chw(im)
     return x, {"mode": mode, "hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
@@ -130,7 +348,7 @@ class Letterbox:
         return {"method": self.method, "size": self.size, "mean": self.mean, "std": self.std, "resample": self.resample}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = to_uint8_chw(image)
+        x = _uint8_chw(image)
         h, w = int(x.shape[-2]), int(x.shape[-1])
         scale = self.size / max(h, w)
         rh, rw = max(1, min(self.size, round(h * scale))), max(1, min(self.size, round(w * scale)))
@@ -163,7 +381,7 @@ class ProcessorResize:
         return {"method": self.method, "size": self.size, "processor": self.processor.to_dict()}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = to_uint8_chw(image)
+        x = _uint8_chw(image)
         return self.processor.preprocess_one(x), {"image_hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 

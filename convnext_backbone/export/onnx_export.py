@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..fileio import atomic_write
 from ..model import ConvNextBackbone
 from .features import add_model_arguments, model_from_args
 
@@ -54,15 +54,13 @@ def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 1
     """Write ``model`` as ONNX to ``path`` (atomically) with dynamic batch/height/width."""
     onnx = _require("onnx")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = list(model.out_features)
     dynamic = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
     wrapper = _FeatureTuple(model).eval()
     sample = torch.randn(2, model.config.num_channels, 224, 224)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces itself
             torch.onnx.export(
@@ -80,9 +78,8 @@ def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 1
             proto.metadata_props.add(key=k, value=v)
         onnx.save(proto, tmp)
         onnx.checker.check_model(tmp)  # by path: works with external data too
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write(path, write)
     return path
 
 
@@ -115,7 +112,6 @@ def verify_onnx(
 def export_program(model: ConvNextBackbone, path: str | os.PathLike) -> Path:
     """``torch.export`` program (``.pt2``) with dynamic batch/height/width; load with ``torch.export.load``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dyn = torch.export.Dim.DYNAMIC
     sample = torch.randn(2, model.config.num_channels, 224, 224)
     program = torch.export.export(_FeatureTuple(model).eval(), (sample,), dynamic_shapes={"pixel_values": {0: dyn, 2: dyn, 3: dyn}})
@@ -124,13 +120,7 @@ def export_program(model: ConvNextBackbone, path: str | os.PathLike) -> Path:
         worst = max(float((a - b).abs().max()) for a, b in zip(program.module()(x), model.forward_features(x).feature_maps))
     if worst > 1e-4:
         raise RuntimeError(f"torch.export program differs from the model by {worst:.2e} at {tuple(x.shape)}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.pt2")  # save wants .pt2
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.export.save(program, tmp), suffix=".tmp.pt2")  # save wants .pt2
     return path
 
 

@@ -23,15 +23,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..fileio import atomic_write
 from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
 from .images import DEFAULT_SIZE, RESIZE_MODES, list_inputs, load_image, make_transform
 from .store import (
-    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, atomic_write,
-    atomic_write_text, merge_manifest, output_is_valid, read_manifest, serialize, verify_export,
+    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, merge_manifest,
+    output_is_valid, read_manifest, serialize, verify_export,
 )
 
 __all__ = ["ExportError", "add_arguments", "run", "run_export"]
 
+_MAX_NOTES = 20
 _COMPARED = ("features", "dtype", "format", "preprocess", "norm_outputs", "model_sha256")
 
 
@@ -172,7 +174,7 @@ class _Writer:
     def ok(self, source: str, output: str, tensors: dict[str, torch.Tensor], image: dict, geometry: dict) -> None:
         meta = {"source": source, "geometry": json.dumps(geometry), "strides": json.dumps(self.strides)}
         data = serialize(tensors, self.fmt, meta)
-        atomic_write(self.out_dir / output, data, self.tmp_dir)
+        atomic_write(self.out_dir / output, data, tmp_dir=self.tmp_dir, fsync=True)
         self.part.write({
             "source": source, "output": output, "status": "ok", "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "image": image, "geometry": geometry, "rank": self.rank,
@@ -202,9 +204,13 @@ def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dic
                 "use another --out, or delete it to start over"
             )
     else:
-        atomic_write_text(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", fsync=True)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "run_id": f"{time.time_ns():020d}"}
+    notes = inputs.notes[:_MAX_NOTES] + (
+        [f"... and {len(inputs.notes) - _MAX_NOTES} more"] if len(inputs.notes) > _MAX_NOTES else []
+    )
+    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes,
+            "run_id": f"{time.time_ns():020d}"}  # names the manifest part files only (removed at the end)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -247,6 +253,8 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         plan = dist.broadcast(plan)
         if "error" in plan:
             raise ExportError(plan["error"])
+        for note in plan["notes"]:
+            say(f"input: {note}")
 
         root, ext = Path(plan["root"]), FORMATS[args.format]
         items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]

@@ -11,13 +11,13 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from .features import add_model_arguments, extract_features, model_from_args
 from .images import DEFAULT_SIZE, load_image, make_transform
 
@@ -51,6 +51,7 @@ def render(
     image: torch.Tensor, features: dict[str, torch.Tensor], strides: Sequence[int], geometry: dict, out: str | os.PathLike, title: str
 ) -> Path:
     """Write the figure: ``image`` (3xHxW uint8) then one PCA panel per level, cropped to the image."""
+    from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -73,14 +74,11 @@ def render(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    # no creation date in PDF/SVG, and fixed SVG element ids: the same figure gives the same bytes
+    metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
+    with rc_context({"svg.hashsalt": "convnext-backbone"}):
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata))
     return out
 
 

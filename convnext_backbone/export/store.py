@@ -9,9 +9,12 @@
                            merged into manifest.jsonl and removed when a run finishes
     .partial/              temp files; a file is renamed into features/ only once complete
 
-Why: a file in ``features/`` is either complete or absent (temp file + fsync + ``os.replace``),
-and its manifest line is written only after the rename, so a killed run can always be resumed
-by re-running it, and ``verify`` can tell a finished export from an interrupted one.
+Why: a file in ``features/`` is either complete or absent (``fileio.atomic_write``: temp file +
+fsync + ``os.replace``), and its manifest line is written only after the rename, so a killed
+run can always be resumed by re-running it, and ``verify`` can tell a finished export from an
+interrupted one. Every file gets the permissions of the user's umask (a shared file system
+needs group/other read), and two identical runs write byte-identical files: no time stamps or
+run ids in any file that stays (the part files' names carry one; they are removed at the end).
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,9 +33,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
+
 __all__ = [
     "CONFIG_NAME", "FEATURES_DIR", "FORMATS", "MANIFEST_NAME", "PARTS_DIR", "PARTIAL_DIR",
-    "ManifestPart", "atomic_write", "describe_file", "load_features", "merge_manifest", "read_manifest",
+    "ManifestPart", "describe_file", "load_features", "merge_manifest", "read_manifest",
     "serialize", "sha256_file", "verify_export",
 ]
 
@@ -47,18 +52,44 @@ _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "fl
 
 # -- files ------------------------------------------------------------------------------------
 def serialize(tensors: dict[str, torch.Tensor], fmt: str, metadata: dict[str, str] | None = None) -> bytes:
-    """Bytes of one feature file (``safetensors``, or ``npz`` which cannot hold bfloat16)."""
+    """Bytes of one feature file (``safetensors``, or ``npz`` which cannot hold bfloat16).
+
+    The same tensors and metadata always give the same bytes (files are content-addressed by
+    their sha256 in the manifest): the safetensors header is re-written with sorted keys (the
+    library writes its metadata in hash-map order, which changes from process to process), and
+    the npz zip entries get a fixed time stamp instead of the current time. ``npz`` has no place
+    for ``metadata``; the manifest holds the same information.
+    """
     if fmt == "safetensors":
         from safetensors.torch import save
 
-        return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        return _canonical_safetensors(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
     if fmt == "npz":
         if any(v.dtype == torch.bfloat16 for v in tensors.values()):
             raise ValueError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
-        buf = io.BytesIO()
-        np.savez(buf, **{k: v.numpy() for k, v in tensors.items()})
-        return buf.getvalue()
+        return _npz_bytes({k: v.numpy() for k, v in tensors.items()})
     raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its JSON header in sorted-key, compact form (data offsets are relative to
+    the end of the header, so the tensor bytes stay as they are), padded with spaces to 8 bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + n:]
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """What ``np.savez`` writes (stored, zip64 entries named ``<key>.npy``), with a fixed entry time."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+    return buf.getvalue()
 
 
 def load_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -101,25 +132,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write to a temp file in ``tmp_dir`` (same file system), fsync, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=path.name[:64] + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"), path.parent)
 
 
 # -- manifest ---------------------------------------------------------------------------------
@@ -199,7 +211,7 @@ def merge_manifest(out_dir: Path) -> dict[str, str]:
                     continue  # blank, or cut by a kill
                 lines[source] = line if line.endswith("\n") else line + "\n"
                 outcome[source] = "ok" if rec.get("status") == "ok" else str(rec.get("error"))
-    atomic_write_text(out_dir / MANIFEST_NAME, "".join(lines[s] for s in sorted(lines)))
+    atomic_write(out_dir / MANIFEST_NAME, "".join(lines[s] for s in sorted(lines)), fsync=True)
     for f in files:
         if f.parent.name == PARTS_DIR:
             f.unlink(missing_ok=True)

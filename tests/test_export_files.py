@@ -1,0 +1,125 @@
+"""What the export commands leave on disk: the same bytes from the same run, and the permissions
+of the user's umask (a shared file system needs group/other read)."""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnext_backbone import ConvNextBackbone, ConvNextV2Config
+from convnext_backbone.cli import main as cli
+from convnext_backbone.export import load_features
+from convnext_backbone.export.store import describe_file, serialize
+
+from helpers import randomize_
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    model = randomize_(ConvNextBackbone(ConvNextV2Config.from_preset("atto", out_features=["stage2", "stage4"])), seed=11)
+    return model.save_pretrained(tmp_path_factory.mktemp("weights") / "atto")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    rng = np.random.default_rng(0)
+    for rel, (h, w) in {"a.png": (40, 56), "sub/b.jpg": (64, 32), "sub/c.png": (24, 24)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / rel)
+    (root / "bad.png").write_bytes(b"not a png")  # an error record is content too
+    return root
+
+
+def _export(weights: Path, src: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", str(SIZE),
+            "--features", "stage2,stage4", "--batch-size", "2", "--workers", "0", "--no-progress", *extra]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_identical_runs_write_identical_bytes(weights, images, tmp_path):
+    """Every file of two runs of the same command into two directories, byte for byte. No file
+    legitimately differs: the export writes no log or time stamp (run ids only name the manifest
+    part files, which are removed when the run finishes)."""
+    runs = []
+    for name in ("one", "two"):
+        assert cli(_export(weights, images, tmp_path / name)) == 0
+        runs.append(_files(tmp_path / name))
+    one, two = runs
+    assert sorted(one) == sorted(two) == [
+        "export_config.json", "features/a.png.safetensors", "features/sub/b.jpg.safetensors",
+        "features/sub/c.png.safetensors", "manifest.jsonl",
+    ]
+    assert [k for k in one if one[k] != two[k]] == []
+    # the re-written header is what safetensors and --verify read
+    path = tmp_path / "one" / "features" / "a.png.safetensors"
+    (n,) = np.frombuffer(path.read_bytes()[:8], "<u8")
+    assert n % 8 == 0 and set(describe_file(path)) == {"stage2", "stage4"}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert set(f.metadata()) == {"source", "geometry", "strides"} and f.metadata()["source"] == str(images / "a.png")
+    assert cli(["export", "--verify", str(tmp_path / "one"), "--no-progress"]) == 0
+
+
+def test_serialize_is_canonical(monkeypatch):
+    """safetensors' metadata order (hash-map order, new per map) and npz's zip time stamps
+    (the current time) do not reach the bytes."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"stage4": torch.randn(8, 2, 2, generator=g), "stage2": torch.randn(4, 4, 4, generator=g).half()}
+    meta = {f"k{i}": str(i) for i in range(8)}
+    st = {serialize(tensors, "safetensors", m) for m in (meta, dict(reversed(meta.items()))) for _ in range(3)}
+    assert len(st) == 1
+    npz = set()
+    for fake_now in (1_000_000_000.0, 1_500_000_000.0):  # 2001 and 2017
+        monkeypatch.setattr(time, "time", lambda: fake_now)
+        npz.add(serialize(tensors, "npz"))
+    monkeypatch.undo()
+    assert len(npz) == 1
+    data = npz.pop()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.namelist() == ["stage4.npy", "stage2.npy"]
+    with np.load(io.BytesIO(data)) as z:  # still what np.load reads
+        assert np.array_equal(z["stage2"], tensors["stage2"].numpy()) and z["stage2"].dtype == np.float16
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_get_the_umask_permissions(umask, weights, images, tmp_path):
+    """Features, manifest, config, figure, ONNX, checkpoint and benchmark JSON:
+    0666 minus the umask (mkstemp alone gives 0600), directories 0777 minus it."""
+    from benchmarks.report import write_json
+
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "export"
+        assert cli(_export(weights, images, out, "--format", "npz")) == 0
+        assert cli(["show", str(images / "a.png"), "--weights", str(weights), "--size", str(SIZE),
+                    "--out", str(tmp_path / "figs" / "fig.png")]) == 0
+        assert cli(["export-onnx", "--weights", str(weights), "--out", str(tmp_path / "onnx" / "backbone.onnx"),
+                    "--no-verify"]) == 0
+        ConvNextBackbone.from_pretrained(weights).save_pretrained(tmp_path / "ckpt")
+        write_json({"results": []}, tmp_path / "bench" / "results.json")
+    finally:
+        os.umask(old)
+    files = {p: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in files)
+    for want in ("export/manifest.jsonl", "export/export_config.json", "export/features/sub/b.jpg.npz",
+                 "figs/fig.png", "onnx/backbone.onnx", "ckpt/model.safetensors", "ckpt/config.json", "bench/results.json"):
+        assert want in names
+    assert {p.relative_to(tmp_path).as_posix(): oct(m) for p, m in files.items() if m != 0o666 & ~umask} == {}
+    dirs = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*") if p.is_dir()}
+    assert {k: v for k, v in dirs.items() if v != oct(0o777 & ~umask)} == {}
+    assert set(load_features(tmp_path / "export" / "features" / "a.png.npz")) == {"stage2", "stage4"}
