@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import CONFIG_CLASSES, OUTPUT_NORM_KEY, ConvNextConfig, ConvNextV2Config, output_norm_name, stage_names_for
-from .fileio import atomic_write
+from .fileio import atomic_write, safetensors_bytes
 
 __all__ = [
     "CheckpointError",
@@ -488,14 +488,12 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
 # save / from_pretrained
 # ---------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
-    from safetensors.torch import save
-
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     arch = "ConvNextForImageClassification" if _is_classifier(model) else "ConvNextBackbone"
     cfg = dict(model.config.to_dict(), architectures=[arch])
-    atomic_write(out / "model.safetensors", save(state, metadata={"format": "pt", "layout": "convnext_backbone"}))
+    atomic_write(out / "model.safetensors", safetensors_bytes(state, {"format": "pt", "layout": "convnext_backbone"}))
     atomic_write(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out
 

@@ -1,12 +1,14 @@
 """Writing files whole or not at all, with the permissions the user expects."""
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-__all__ = ["atomic_write", "default_file_mode"]
+__all__ = ["atomic_write", "default_file_mode", "safetensors_bytes"]
 
 
 def default_file_mode() -> int:
@@ -54,3 +56,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object] | bytes
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file as bytes, identical for identical content: the library writes its JSON
+    header in a varying key order, so the header is rewritten with sorted keys (data offsets are
+    relative to the end of the header, so the tensor bytes stay as they are), padded to 8 bytes."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata) if metadata else None)
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + n:]

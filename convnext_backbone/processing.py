@@ -24,18 +24,58 @@ IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 _RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 
 
+def _pil_to_8bit(im: Any) -> Any:
+    """Float and 16/32-bit integer images -> 8-bit, as an image viewer shows them; else unchanged.
+
+    - ``F`` (32-bit float, e.g. a float TIFF): values in [0, 1] are scaled by 255 (the float
+      image convention); values in [0, 255] with some above 1 are taken as 8-bit levels.
+      Anything else (negative, above 255, NaN/inf) has no single right display, so it is an
+      error naming the range, never a silently black or saturated export.
+    - ``I;16*`` (16-bit): the full 0..65535 range maps to 0..255.
+    - ``I`` (32-bit integer: 16-bit PNG/PGM as Pillow opens them -- Pillow scales PGM's maxval
+      to 0..65535 -- or an integer TIFF): read as 16-bit, 0..65535 -> 0..255; values outside
+      that range are an error (convert such an image yourself).
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode != "F" and mode != "I" and not mode.startswith("I;16"):
+        return im
+    arr = np.asarray(im)
+    if mode == "F":
+        arr = arr.astype(np.float64)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ValueError(f"float image (mode F) with {int((~finite).sum())} NaN/inf pixel(s); cannot display it")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"float image (mode F) with values in [{lo:g}, {hi:g}]: expected [0, 1] (or 0..255 levels); "
+                "rescale it to one of those, or save it as 8/16-bit"
+            )
+        arr = arr * 255.0 if hi <= 1.0 else arr
+    else:
+        arr = arr.astype(np.float64)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"32-bit integer image (mode {mode}) with values in [{lo:g}, {hi:g}], outside the 16-bit range 0..65535; "
+                "convert it to 8 or 16-bit"
+            )
+        arr = arr * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
 def to_uint8_chw(image: Any) -> torch.Tensor:
     """PIL image / HWC numpy / CHW tensor -> 3xHxW uint8 RGB tensor.
 
-    Grayscale is replicated, alpha dropped, palette expanded, 16-bit scaled down.
+    Grayscale is replicated, alpha dropped, palette expanded, float and 16/32-bit PIL images
+    mapped to 8 bits as a viewer shows them (``_pil_to_8bit``).
     """
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(image).astype(np.float64)
-            peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        image = _pil_to_8bit(image)
         if image.mode != "RGB":
             image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA", "LA") else image.convert("RGB")
         return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()

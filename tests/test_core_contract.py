@@ -450,3 +450,14 @@ def test_loading_another_size_names_both_architectures_and_shapes_first(tmp_path
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(model, tmp_path / "atto", hint=None)
     assert "strict=False" not in str(err.value)
+
+
+def test_save_pretrained_writes_identical_bytes_for_identical_weights(tmp_path):
+    import hashlib
+
+    model = build_backbone("convnextv2_atto", depths=[1, 1, 1, 1])
+    digests = []
+    for run in ("a", "b", "c"):
+        model.save_pretrained(tmp_path / run)
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / run).iterdir()})
+    assert digests[0] == digests[1] == digests[2]

@@ -268,62 +268,12 @@ def list_inputs(spec: str | os.PathLike) -> InputList:
     return InputList(root, paths, notes)
 
 
-def _to_uint8(im) -> "Image.Image":
-    """Float and 16/32-bit integer images -> 8-bit, as an image viewer shows them; else unchanged.
-
-    - ``F`` (32-bit float, e.g. a float TIFF): values in [0, 1] are scaled by 255 (the float
-      image convention); values in [0, 255] with some above 1 are taken as 8-bit levels.
-      Anything else (negative, above 255, NaN/inf) has no single right display, so it is an
-      error naming the range, never a silently black or saturated export.
-    - ``I;16*`` (16-bit): the full 0..65535 range maps to 0..255.
-    - ``I`` (32-bit integer: 16-bit PNG/PGM as Pillow opens them -- Pillow scales PGM's maxval
-      to 0..65535 -- or an integer TIFF): read as 16-bit, 0..65535 -> 0..255; values outside
-      that range are an error (convert such an image yourself).
-    """
-    import numpy as np
-    from PIL import Image
-
-    mode = im.mode
-    if mode != "F" and mode != "I" and not mode.startswith("I;16"):
-        return im
-    arr = np.asarray(im)
-    if mode == "F":
-        arr = arr.astype(np.float64)
-        finite = np.isfinite(arr)
-        if not finite.all():
-            raise ValueError(f"float image (mode F) with {int((~finite).sum())} NaN/inf pixel(s); cannot display it")
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"float image (mode F) with values in [{lo:g}, {hi:g}]: expected [0, 1] (or 0..255 levels); "
-                "rescale it to one of those, or save it as 8/16-bit"
-            )
-        arr = arr * 255.0 if hi <= 1.0 else arr
-    else:
-        arr = arr.astype(np.float64)
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo < 0 or hi > 65535:
-            raise ValueError(
-                f"32-bit integer image (mode {mode}) with values in [{lo:g}, {hi:g}], outside the 16-bit range 0..65535; "
-                "convert it to 8 or 16-bit"
-            )
-        arr = arr * (255.0 / 65535.0)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
-
-
-def _uint8_chw(image: Any) -> torch.Tensor:
-    """The core's ``to_uint8_chw``, with PIL float/16/32-bit images first mapped as shown (``_to_uint8``)."""
-    from PIL import Image
-
-    return to_uint8_chw(_to_uint8(image) if isinstance(image, Image.Image) else image)
-
-
 def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     """Decode fully (truncation raises here, not later), apply EXIF orientation, -> 3xHxW uint8.
 
-    Float (mode ``F``) and 16/32-bit integer images are mapped to 8 bits as a viewer shows
-    them, or raise ``ValueError`` where no display is right (see ``_to_uint8``). Grayscale,
-    RGBA (alpha dropped) and palette images are converted by the core's ``to_uint8_chw``.
+    Converted by the core's ``to_uint8_chw``: float (mode ``F``) and 16/32-bit integer images are
+    mapped to 8 bits as a viewer shows them, or raise ``ValueError`` where no display is right;
+    grayscale is replicated, alpha dropped, palettes expanded.
     """
     from PIL import Image, ImageOps
 
@@ -331,7 +281,7 @@ def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         mode = im.mode
         im.load()
         im = ImageOps.exif_transpose(im)
-        x = _uint8_chw(im)
+        x = to_uint8_chw(im)
     return x, {"mode": mode, "hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
@@ -348,7 +298,7 @@ class Letterbox:
         return {"method": self.method, "size": self.size, "mean": self.mean, "std": self.std, "resample": self.resample}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = _uint8_chw(image)
+        x = to_uint8_chw(image)
         h, w = int(x.shape[-2]), int(x.shape[-1])
         scale = self.size / max(h, w)
         rh, rw = max(1, min(self.size, round(h * scale))), max(1, min(self.size, round(w * scale)))
@@ -381,7 +331,7 @@ class ProcessorResize:
         return {"method": self.method, "size": self.size, "processor": self.processor.to_dict()}
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = _uint8_chw(image)
+        x = to_uint8_chw(image)
         return self.processor.preprocess_one(x), {"image_hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, safetensors_bytes
 
 __all__ = [
     "CONFIG_NAME", "FEATURES_DIR", "FORMATS", "MANIFEST_NAME", "PARTS_DIR", "PARTIAL_DIR",
@@ -61,23 +61,12 @@ def serialize(tensors: dict[str, torch.Tensor], fmt: str, metadata: dict[str, st
     for ``metadata``; the manifest holds the same information.
     """
     if fmt == "safetensors":
-        from safetensors.torch import save
-
-        return _canonical_safetensors(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+        return safetensors_bytes(tensors, metadata)
     if fmt == "npz":
         if any(v.dtype == torch.bfloat16 for v in tensors.values()):
             raise ValueError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
         return _npz_bytes({k: v.numpy() for k, v in tensors.items()})
     raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
-
-
-def _canonical_safetensors(data: bytes) -> bytes:
-    """The same file with its JSON header in sorted-key, compact form (data offsets are relative to
-    the end of the header, so the tensor bytes stay as they are), padded with spaces to 8 bytes."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header + data[8 + n:]
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
