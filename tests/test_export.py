@@ -189,6 +189,31 @@ def test_npz_float16_and_verify(weights, folder, exported, tmp_path):
     assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
 
 
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_half_compute_on_cpu(weights, folder, exported, tmp_path, compute, monkeypatch):
+    """--compute-dtype runs the model itself in half precision on CPU (not just stores half features)."""
+    from convnext_backbone import ConvNextBackbone
+
+    seen = []
+    real = ConvNextBackbone.forward_dict
+    monkeypatch.setattr(ConvNextBackbone, "forward_dict", lambda self, x: seen.append(x.dtype) or real(self, x))
+    out = tmp_path / compute
+    assert cli(export_args(weights, folder[0], out, "--dtype", compute, "--compute-dtype", compute, "--workers", "0")) == 0
+    assert seen and set(seen) == {getattr(torch, compute)}
+    ok = [r for r in manifest(out) if r["status"] == "ok"]
+    assert len(ok) == 6
+    tol = 5e-2 if compute == "bfloat16" else 1e-2
+    for r in ok:
+        ref, got = load_features(exported / r["output"]), load_features(out / r["output"])
+        for k in ALL:
+            assert got[k].dtype == getattr(torch, compute) and torch.isfinite(got[k].float()).all()
+            rel = ((got[k].float() - ref[k]).norm() / ref[k].norm()).item()
+            assert 0 < rel < tol, (k, rel)  # computed in half (not bit-equal), close to float32
+    assert json.loads((out / "export_config.json").read_text())["compute_dtype"] == compute
+    # resuming into the float32 export with another compute dtype is refused, naming it
+    assert cli(export_args(weights, folder[0], exported, "--compute-dtype", compute, "--workers", "0")) == 2
+
+
 def test_verify_catches_flipped_byte_missing_and_unlisted(exported, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(exported, out)

@@ -53,6 +53,34 @@ def test_onnx_matches_pytorch_at_two_sizes(weights, tmp_path, capsys):
             assert np.abs(a - b.numpy()).max() <= 1e-4, (name, shape)
 
 
+def test_float16_onnx_matches_float32_pytorch_at_two_sizes(weights, tmp_path, capsys):
+    path = tmp_path / "backbone-fp16.onnx"
+    assert cli(["export-onnx", "--weights", str(weights), "--features", "all", "--out", str(path), "--dtype", "float16"]) == 0
+    assert capsys.readouterr().out.count(" ok ") == 2
+    proto = onnx.load(path)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    nodes = {n.name: n for n in proto.graph.node}
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    norms = [n for n in proto.graph.node if n.op_type == "ReduceL2"]  # GRN's statistic: on a float32 cast
+    assert norms and all(producers[n.input[0]].op_type == "Cast" and producers[n.input[0]].attribute[0].i == onnx.TensorProto.FLOAT
+                         for n in norms)
+    layer_norms = [n for n in nodes.values() if n.op_type == "LayerNormalization"]
+    assert layer_norms and all({a.name: a.i for a in n.attribute}.get("stash_type", 1) == 1 for n in layer_norms)
+
+    model = ConvNextBackbone.from_pretrained(weights, out_features=ALL).eval()  # float32 reference
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(2)
+    for shape in [(2, 3, 64, 96), (1, 3, 384, 448)]:
+        x = torch.randn(*shape, generator=g)
+        got = session.run(None, {"pixel_values": x.numpy().astype(np.float16)})
+        with torch.inference_mode():
+            want = model(x).feature_maps
+        for name, a, b in zip(ALL, got, want):
+            assert a.dtype == np.float16 and np.isfinite(a).all()
+            rel = np.abs(a.astype(np.float32) - b.numpy()).max() / np.abs(b.numpy()).max()
+            assert rel <= 1e-2, (name, shape, rel)  # float16 has 11 bits of mantissa; stats in float32
+
+
 def test_pca_rgb_separates_regions():
     feat = torch.zeros(16, 8, 8)
     feat[:, :, :4] = torch.randn(16, 1, 1)

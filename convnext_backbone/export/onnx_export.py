@@ -1,7 +1,8 @@
 """``convnext-backbone export-onnx``: the backbone as an ONNX graph (and optionally a ``torch.export`` program).
 
-Input ``pixel_values`` (N, 3, H, W) float32 with dynamic N/H/W (H, W >= 32); one named output
-per feature level, in ``--features`` order. Uses torch's TorchScript-based exporter
+Input ``pixel_values`` (N, 3, H, W) float32 (or float16 with ``--dtype float16``: weights, input
+and outputs in float16, LayerNorm and GRN statistics in float32) with dynamic N/H/W (H, W >= 32);
+one named output per feature level, in ``--features`` order. Uses torch's TorchScript-based exporter
 (``dynamo=False``): the newer exporter needs ``onnxscript``, which this project does not depend
 on, and the TorchScript one handles this all-convolution graph with dynamic axes exactly.
 The file is checked with ``onnx.checker`` and, unless ``--no-verify``, run in onnxruntime at
@@ -10,6 +11,7 @@ two input sizes and compared level by level with PyTorch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -50,15 +52,26 @@ def _require(module: str):
         raise ImportError(f"{module} is needed here; install the export extra: pip install 'convnext-backbone[export]'") from e
 
 
-def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write ``model`` as ONNX to ``path`` (atomically) with dynamic batch/height/width."""
+ONNX_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 17, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` as ONNX to ``path`` (atomically) with dynamic batch/height/width.
+
+    ``dtype=torch.float16``: a float16 graph (weights, input, outputs) whose LayerNorm and GRN
+    statistics are computed in float32 (``LayerNormalization``'s float32 stash type, an explicit
+    cast before GRN's L2 norm); ``model`` itself is not changed.
+    """
     onnx = _require("onnx")
     path = Path(path)
     names = list(model.out_features)
     dynamic = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names})
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
     wrapper = _FeatureTuple(model).eval()
-    sample = torch.randn(2, model.config.num_channels, 224, 224)
+    sample = torch.randn(2, model.config.num_channels, 224, 224, dtype=dtype)
+    kind = str(dtype).removeprefix("torch.")
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -72,7 +85,8 @@ def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 1
         meta = {
             "features": json.dumps(names), "strides": json.dumps(list(model.strides)),
             "channels": json.dumps(list(model.channels)), "config": json.dumps(model.config.to_dict()),
-            "input": "pixel_values: (N, 3, H, W) float32, RGB normalised with ImageNet mean/std; H, W >= 32",
+            "input": f"pixel_values: (N, 3, H, W) {kind}, RGB normalised with ImageNet mean/std; H, W >= 32",
+            "dtype": kind,
         }
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
@@ -84,11 +98,15 @@ def export_onnx(model: ConvNextBackbone, path: str | os.PathLike, opset: int = 1
 
 
 def verify_onnx(
-    model: ConvNextBackbone, path: str | os.PathLike, shapes: Sequence[Sequence[int]] = DEFAULT_VERIFY_SHAPES, seed: int = 0
+    model: ConvNextBackbone, path: str | os.PathLike, shapes: Sequence[Sequence[int]] = DEFAULT_VERIFY_SHAPES, seed: int = 0,
+    relative: bool = False,
 ) -> list[dict[str, float]]:
-    """Run the file in onnxruntime (CPU) at each shape; -> per shape ``{feature: max |onnx - torch|}``."""
+    """Run the file in onnxruntime (CPU) at each shape against ``model`` in PyTorch (a float16 file
+    against the float32 model); -> per shape ``{feature: max |onnx - torch|}``, divided by
+    ``max |torch|`` when ``relative``."""
     ort = _require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed_dtype = {"tensor(float16)": "float16"}.get(session.get_inputs()[0].type, "float32")
     names = [o.name for o in session.get_outputs()]
     if names != list(model.out_features):
         raise ValueError(f"{path}: outputs {names} != the model's out_features {list(model.out_features)}")
@@ -99,12 +117,14 @@ def verify_onnx(
         x = torch.randn(*shape, generator=gen)
         with torch.inference_mode():
             ref = model.forward_features(x.to(next(model.parameters()).device)).feature_maps
-        got = session.run(None, {"pixel_values": x.numpy()})
+        got = session.run(None, {"pixel_values": x.numpy().astype(feed_dtype)})
         row = {}
         for n, r, g in zip(names, ref, got):
             if tuple(r.shape) != tuple(g.shape):
                 raise ValueError(f"{path}: {n} has shape {tuple(g.shape)} in onnxruntime, {tuple(r.shape)} in PyTorch at input {tuple(shape)}")
-            row[n] = float((r.float().cpu() - torch.from_numpy(g)).abs().max())
+            r = r.float().cpu()
+            diff = float((r - torch.from_numpy(g).float()).abs().max())
+            row[n] = diff / max(float(r.abs().max()), 1e-12) if relative else diff
         diffs.append(row)
     return diffs
 
@@ -134,7 +154,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s; >= 17 has LayerNormalization)")
     p.add_argument("--torch-export", metavar="FILE.pt2", help="also write a torch.export program with dynamic N/H/W")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch comparison")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| (default: %(default)s)")
+    p.add_argument("--dtype", choices=sorted(ONNX_DTYPES), default="float32",
+                   help="float16: a half-precision graph (weights, input, outputs; LayerNorm/GRN statistics in float32), "
+                        "verified against the float32 PyTorch model with --rtol (default: %(default)s)")
+    p.add_argument("--atol", type=float, default=1e-4, help="float32: largest allowed |onnx - torch| (default: %(default)s)")
+    p.add_argument("--rtol", type=float, default=1e-2,
+                   help="float16: largest allowed max|onnx - torch| / max|torch| per feature (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,16 +168,18 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"convnext-backbone export-onnx: error: {e}", file=sys.stderr)
         return 2
-    path = export_onnx(model, args.out, opset=args.opset)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): outputs {', '.join(model.out_features)}")
+    half = args.dtype != "float32"
+    path = export_onnx(model, args.out, opset=args.opset, dtype=ONNX_DTYPES[args.dtype])
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype}): outputs {', '.join(model.out_features)}")
     status = 0
     if not args.no_verify:
-        for shape, row in zip(DEFAULT_VERIFY_SHAPES, verify_onnx(model, path)):
+        limit, what = (args.rtol, "max |diff| / max |torch|") if half else (args.atol, "max |diff|")
+        for shape, row in zip(DEFAULT_VERIFY_SHAPES, verify_onnx(model, path, relative=half)):
             worst = max(row.values())
-            verdict = "ok" if worst <= args.atol else f"FAILED (> {args.atol:g})"
-            print(f"onnxruntime vs PyTorch at {tuple(shape)}: max |diff| {worst:.2e} {verdict}  "
+            verdict = "ok" if worst <= limit else f"FAILED (> {limit:g})"
+            print(f"onnxruntime ({args.dtype}) vs PyTorch (float32) at {tuple(shape)}: {what} {worst:.2e} {verdict}  "
                   + " ".join(f"{k}={v:.1e}" for k, v in row.items()))
-            status = status or int(worst > args.atol)
+            status = status or int(worst > limit)
     if args.torch_export:
         print(f"wrote {export_program(model, args.torch_export)} (torch.export program; torch.export.load to run)")
     return status

@@ -8,6 +8,7 @@ See ``store.py`` for the directory layout and why a killed run resumes cleanly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from .store import (
 __all__ = ["ExportError", "add_arguments", "run", "run_export"]
 
 _MAX_NOTES = 20
-_COMPARED = ("features", "dtype", "format", "preprocess", "norm_outputs", "model_sha256")
+_COMPARED = ("features", "dtype", "compute_dtype", "format", "preprocess", "norm_outputs", "model_sha256")
 
 
 class ExportError(ValueError):
@@ -57,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io_.add_argument("--dtype", choices=list(DTYPES), default="float32",
                      help="dtype of the stored features; on CUDA float16/bfloat16 also run the model under autocast "
                      "(default: %(default)s)")
+    io_.add_argument("--compute-dtype", choices=["auto", *DTYPES], default="auto",
+                     help="dtype the model runs in. auto (default): float32 on CPU; on CUDA autocast in --dtype when "
+                     "that is a half dtype. float16/bfloat16: the whole model and input cast to it (model.half(), as "
+                     "deployed), on CPU too; LayerNorm and GRN statistics stay float32 inside. On CPU bfloat16 is fast, "
+                     "float16 is not (PyTorch's CPU depthwise convolution has no fast float16 kernel)")
     io_.add_argument("--verify", metavar="DIR", help="instead of exporting: recompute every checksum and shape in an "
                      "export directory; exit 1 naming any bad, missing or unlisted file")
     pre = p.add_argument_group("preprocessing")
@@ -195,7 +201,7 @@ def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dic
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / CONFIG_NAME
     if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
+        old = {"compute_dtype": "auto", **json.loads(cfg_path.read_text())}  # exports from before --compute-dtype
         diff = [k for k in _COMPARED if old.get(k) != config.get(k)]
         if diff:
             shown = "; ".join(f"{k}: {json.dumps(old.get(k))[:120]} -> {json.dumps(config.get(k))[:120]}" for k in diff)
@@ -234,11 +240,12 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         device = _device(args.device, dist.local_rank, dist.enabled)
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
         model = model_from_args(args, warn=say)
-        model.to(device)
+        compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
+        model.to(device=device, dtype=compute)
         strides = dict(zip(model.out_features, model.strides))
         config = {
             "format_version": 1, "features": {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)},
-            "dtype": args.dtype, "format": args.format, "preprocess": transform.describe(),
+            "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
             "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
             "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
                       "config": model.config.to_dict()},
@@ -311,8 +318,9 @@ def _process(args, model, device, dtype, transform, shard, done, out, writer: _W
             stats["skipped"] += len(batch["skipped"])
             if batch["x"] is not None:
                 t0 = time.perf_counter()
-                with torch.inference_mode(), autocast_for(device, dtype):
-                    feats = model.forward_dict(batch["x"].to(device, non_blocking=True))
+                compute = next(model.parameters()).dtype  # float32, or the --compute-dtype the model was cast to
+                with torch.inference_mode(), autocast_for(device, dtype) if compute == torch.float32 else contextlib.nullcontext():
+                    feats = model.forward_dict(batch["x"].to(device, compute, non_blocking=True))
                 feats = {k: v.to(dtype).cpu() for k, v in feats.items()}
                 stats["forward_s"] += time.perf_counter() - t0
                 for j, item in enumerate(batch["good"]):
