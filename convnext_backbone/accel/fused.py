@@ -31,7 +31,7 @@ __all__ = ["block_forward", "downsample_forward"]
 
 # Rows of a streamed chunk are chosen so that its 4x-wide hidden tensor is about this large:
 # the chunk, its input and the block's weights stay in the last-level cache.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
