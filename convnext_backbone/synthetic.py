@@ -1,10 +1,14 @@
-"""A small COCO-format instance-segmentation dataset generated on disk, for the demo and tests.
+"""A small COCO-format instance-segmentation dataset generated on disk, for demos and tests.
 
 Coloured shapes (circle, square, triangle; each class its own hue, random size, rotation and
 position) on a noise background, written as PNG images plus ``instances_<split>.json`` with
-polygon masks, exactly the layout ``register_coco_instances`` reads. Deterministic per seed.
-A split is generated in a temporary directory and renamed into place, so an interrupted run
-never leaves a half-written dataset; an existing split with the same parameters is reused.
+polygon masks: the layout Detectron2's ``register_coco_instances`` and MMDetection's
+``CocoDataset`` read. Deterministic per seed. A split is generated in a temporary directory and
+renamed into place, so an interrupted run never leaves a half-written dataset; an existing
+split with the same parameters is reused.
+
+Framework-free (numpy, Pillow, tqdm) so that every adapter's demo and tests share it:
+``detectron2_convnext.synthetic`` re-exports it with a Detectron2 registration helper.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-__all__ = ["CATEGORIES", "SyntheticSpec", "CocoSplit", "make_coco_split", "register_coco"]
+__all__ = ["CATEGORIES", "SyntheticSpec", "CocoSplit", "make_coco_split"]
 
 CATEGORIES = ("circle", "square", "triangle")
 _HUES = {"circle": (225, 70, 60), "square": (70, 200, 80), "triangle": (70, 100, 235)}  # RGB
@@ -104,7 +108,7 @@ def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = S
     """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``; reuse if identical."""
     root = Path(root)
     image_root, json_file = root / split, root / "annotations" / f"instances_{split}.json"
-    params = dict(asdict(spec), split=split, generator="detectron2_convnext.synthetic/2")
+    params = dict(asdict(spec), split=split, generator="convnext_backbone.synthetic/2")
     if json_file.is_file() and image_root.is_dir():
         existing = json.loads(json_file.read_text())
         if existing.get("info", {}).get("params") == params:
@@ -122,7 +126,7 @@ def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = S
             for a in anns:
                 annotations.append(dict(a, id=len(annotations) + 1))
         coco = {
-            "info": {"description": "synthetic shapes (detectron2_convnext.synthetic)", "params": params},
+            "info": {"description": "synthetic shapes (convnext_backbone.synthetic)", "params": params},
             "images": images,
             "annotations": annotations,
             "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)],
@@ -139,16 +143,3 @@ def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = S
         tmp.with_suffix(".json").unlink(missing_ok=True)
     return CocoSplit(str(json_file), str(image_root), len(images), len(annotations))
 
-
-def register_coco(name: str, json_file: str, image_root: str) -> str:
-    """``register_coco_instances`` unless ``name`` is already registered with these files."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if (getattr(meta, "json_file", None), getattr(meta, "image_root", None)) != (str(json_file), str(image_root)):
-            raise ValueError(f"dataset {name!r} is already registered with other files ({getattr(meta, 'json_file', None)})")
-        return name
-    register_coco_instances(name, {}, str(json_file), str(image_root))
-    return name
