@@ -9,9 +9,12 @@ split with the same parameters is reused.
 
 Framework-free (numpy, Pillow, tqdm) so that every adapter's demo and tests share it:
 ``detectron2_convnext.synthetic`` re-exports it with a Detectron2 registration helper.
+
+    python -m convnext_backbone.synthetic data/shapes     # train (48 images) and val (16)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -24,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-__all__ = ["CATEGORIES", "SyntheticSpec", "CocoSplit", "make_coco_split"]
+__all__ = ["CATEGORIES", "SyntheticSpec", "CocoSplit", "make_coco_split", "main"]
 
 CATEGORIES = ("circle", "square", "triangle")
 _HUES = {"circle": (225, 70, 60), "square": (70, 200, 80), "triangle": (70, 100, 235)}  # RGB
@@ -143,3 +146,20 @@ def make_coco_split(root: str | os.PathLike, split: str, spec: SyntheticSpec = S
         tmp.with_suffix(".json").unlink(missing_ok=True)
     return CocoSplit(str(json_file), str(image_root), len(images), len(annotations))
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convnext_backbone.synthetic",
+                                description="Write the COCO-format shapes dataset: ROOT/{train,val}/*.png, ROOT/annotations/*.json.")
+    p.add_argument("root", help="output directory (an existing split with the same parameters is kept)")
+    p.add_argument("--train-images", type=int, default=48)
+    p.add_argument("--val-images", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=128)
+    args = p.parse_args(argv)
+    for split, n, seed in (("train", args.train_images, 0), ("val", args.val_images, 1)):
+        made = make_coco_split(args.root, split, SyntheticSpec(num_images=n, image_size=args.image_size, seed=seed))
+        print(f"{split}: {made.num_images} images, {made.num_annotations} objects -> {made.json_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
