@@ -22,13 +22,20 @@ import mmdet
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmdet_convnext import MMDetConvNeXt
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 from mmseg_convnext import MMSegConvNeXt
 
-init_default_scope("mmdet")
 # MMDetection's packaged base config (what `mmdet::_base_/models/mask-rcnn_r50_fpn.py` names)
 MASK_RCNN = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / "mask-rcnn_r50_fpn.py"))
 
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_default_scope():
+    """Build in MMDetection's registries, and leave mmengine's global default scope as it was
+    (the MMSegmentation tests in the same process build by unscoped names)."""
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        yield
 
 def detector(backbone: dict, neck_in=(40, 80, 160, 320)) -> torch.nn.Module:
     """MMDetection's Mask R-CNN FPN (its packaged base config) on our backbone, 3 classes."""

@@ -17,11 +17,10 @@ import mmdet_convnext  # noqa: F401
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import RUNNERS as ROOT_RUNNERS
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 from openmmlab_convnext import check_in_channels
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mmdet"
-init_default_scope("mmdet")
 
 V1 = {"tiny": [96, 192, 384, 768], "small": [96, 192, 384, 768], "base": [128, 256, 512, 1024]}
 V2 = {"atto": [40, 80, 160, 320], "femto": [48, 96, 192, 384], "pico": [64, 128, 256, 512], "nano": [80, 160, 320, 640],
@@ -43,6 +42,14 @@ PUBLISHED = {  # stem -> "box AP x / mask AP y"
 PRE_RELEASE = ("mask_rcnn_convnextv2_base_fpn_1x_coco", "mask_rcnn_convnextv2_base_fpn_3x_coco")
 MULTI_SCALE = [(s, 1333) for s in range(480, 801, 32)]
 
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_default_scope():
+    """Build in MMDetection's registries, and leave mmengine's global default scope as it was
+    (the MMSegmentation tests in the same process build by unscoped names)."""
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        yield
 
 def _expected() -> dict[str, tuple[str, str, str, list[int]]]:
     out = {}

@@ -31,6 +31,7 @@ import mmdet
 from convnext_backbone import CheckpointError
 from convnext_backbone.synthetic import SyntheticSpec, make_coco_split
 from mmdet_convnext.train import main as train_main
+from mmengine.registry import DefaultScope
 from openmmlab_convnext import checkpoint_problem, mmengine_checkpoint_globals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,14 @@ LEARN_ITERS, CKPT_INTERVAL, STEP_AT, BASE_LR = 60, 10, 50, 8e-4
 # reaches and below half the measured value, for platform and thread-count noise.
 AP50_BAR = 20.0
 
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_default_scope():
+    """Build in MMDetection's registries, and leave mmengine's global default scope as it was
+    (the MMSegmentation tests in the same process build by unscoped names)."""
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        yield
 
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

@@ -92,7 +92,7 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
     ``tools/train.py``.)
     """
     import torch
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import DefaultScope
 
     from convnext_backbone import CheckpointError
 
@@ -112,8 +112,8 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
     if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
-    init_default_scope(cfg.get("default_scope", default_scope))
-    with torch.device("meta"):
+    # the config's scope for this build only: a library call leaves mmengine's global scope alone
+    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"):
         model = models.build(cfg.model)
     check_in_channels(model)
 
