@@ -122,7 +122,7 @@ def run(shapes, tmp_path_factory):
     work = root / "work"
     schedule = {"train_cfg.max_iters": LEARN_ITERS, "train_cfg.val_interval": LEARN_ITERS,
                 "default_hooks.checkpoint.interval": CKPT_INTERVAL, "default_hooks.logger.interval": 1,
-                "log_processor.window_size": 1, f"param_scheduler.1.milestones": f"[{STEP_AT}]"}
+                "log_processor.window_size": 1, "param_scheduler.1.milestones": f"[{STEP_AT}]"}
     t0 = time.monotonic()
     log1 = root / "run1.log"
     with open(log1, "w") as f:

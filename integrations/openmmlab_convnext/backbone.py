@@ -86,7 +86,7 @@ def backbone_config(arch: str | dict = "convnext_tiny", version: str | None = No
             names = out_features_from_indices(out_indices, num_stages)
             if list(out_features) != names:
                 raise ValueError(
-                    f"out_features {list(out_features)} and out_indices {list(out_indices)} (= {names}) disagree; give one of them"
+                    f"out_features {list(out_features)} and out_indices {out_indices} (= {names}) disagree; give one of them"
                 )
         features = list(out_features)
     else:
