@@ -1,14 +1,16 @@
-"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2 and MMSegmentation.
+"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2, MMSegmentation and MMDetection.
 
-Four import packages ship in one distribution:
+Six import packages ship in one distribution:
   convnext_backbone       the core (imports torch only)
   detectron2_convnext     the Detectron2 adapter, source in integrations/detectron2_convnext
+  openmmlab_convnext      what the OpenMMLab adapters share (mmengine only), integrations/openmmlab_convnext
   mmseg_convnext          the MMSegmentation adapter, source in integrations/mmseg_convnext
+  mmdet_convnext          the MMDetection adapter, source in integrations/mmdet_convnext
   transformers_convnext   the transformers adapter (AutoConfig/AutoBackbone), source in integrations/transformers_convnext
 """
 from setuptools import find_packages, setup
 
-INTEGRATIONS = ("detectron2_convnext", "mmseg_convnext", "transformers_convnext")
+INTEGRATIONS = ("detectron2_convnext", "openmmlab_convnext", "mmseg_convnext", "mmdet_convnext", "transformers_convnext")
 
 core_packages = find_packages(include=["convnext_backbone", "convnext_backbone.*"])
 integration_packages = find_packages(
@@ -18,6 +20,8 @@ integration_packages = find_packages(
 EXTRAS = {
     "detectron2": ["detectron2", "pycocotools", "opencv-python", "shapely"],
     "mmseg": ["mmcv==2.1.0", "mmengine==0.10.7", "mmsegmentation==1.2.2", "ftfy", "regex"],
+    # mmdet's own requirements bring pycocotools, terminaltables, scipy, shapely, six
+    "mmdet": ["mmcv==2.1.0", "mmengine==0.10.7", "mmdet==3.3.0"],
     "export": ["onnx", "onnxruntime", "matplotlib"],
     "transformers": ["transformers>=5,<6", "scipy"],  # scipy: Mask2Former's and DETR's Hungarian matching
     "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft"],
@@ -27,7 +31,7 @@ EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 setup(
     name="convnext-backbone",
     version="0.1.0",
-    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2 and MMSegmentation adapters",
+    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation and MMDetection adapters",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -42,6 +46,7 @@ setup(
             "convnext-d2-train=detectron2_convnext.train_net:main",
             "convnext-d2-lazy-train=detectron2_convnext.lazy_train_net:main",
             "convnext-mmseg-train=mmseg_convnext.train:main",
+            "convnext-mmdet-train=mmdet_convnext.train:main",
         ]
     },
 )

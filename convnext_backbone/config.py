@@ -366,3 +366,103 @@ def config_from_preset_name(name: str, **overrides: Any) -> ConvNextConfig:
     if version not in CONFIG_CLASSES or size not in PRESETS[version]:
         raise ValueError(f"unknown preset {name!r}{closest(key, list_presets(), 'the presets')}")
     return CONFIG_CLASSES[version].from_preset(size, **overrides)
+
+
+# ---- architecture names: the one resolver every adapter uses -------------------------------------
+# `version` spellings. A size that exists in one version only picks that version when `version`
+# is not given; tiny/base/large exist in both and then mean V1 (as mmpretrain's and the official
+# `arch`, and Detectron2's NAME).
+_ARCH_VERSIONS = {"v1": "convnext", "v2": "convnextv2", "convnext": "convnext", "convnextv2": "convnextv2"}
+
+
+def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``arch`` (+ ``version``) -> ``(model_type, dict(depths=[...], hidden_sizes=[...]))``.
+
+    The one place where architecture names are read, for every adapter (MMSegmentation /
+    MMDetection ``arch=``, Detectron2 ``MODEL.CONVNEXT.NAME`` / ``VERSION`` + ``DEPTHS`` /
+    ``DIMS``, LazyConfig ``name=``). Accepted:
+
+    - a preset name: ``'convnext_tiny'``, ``'convnextv2_atto'`` (``-`` for ``_`` and any case);
+    - a size name: ``'tiny'``, with ``version='v1'|'v2'`` where the size exists in both;
+    - ``dict(depths=[...], dims=[...])`` (official name) or ``hidden_sizes`` (HF name), V1
+      unless ``version='v2'``.
+
+    Every bad value is a ``ValueError`` naming the accepted ones.
+    """
+    if version is not None and str(version).strip().lower() not in _ARCH_VERSIONS:
+        raise ValueError(f"version must be one of 'v1', 'v2' (or None to infer it from arch), got {version!r}")
+    model_type = _ARCH_VERSIONS[str(version).strip().lower()] if version is not None else None
+    if isinstance(arch, dict):
+        arch = dict(arch)
+        depths, dims, hidden = arch.pop("depths", None), arch.pop("dims", None), arch.pop("hidden_sizes", None)
+        if dims is not None and hidden is not None and list(dims) != list(hidden):
+            raise ValueError(f"arch gives both dims={dims} and hidden_sizes={hidden}; give one of them")
+        dims = dims if dims is not None else hidden
+        if arch:
+            raise ValueError(f"arch as a dict takes only 'depths' and 'dims' (or 'hidden_sizes'); unknown keys {sorted(arch)}")
+        if not depths or not dims:
+            raise ValueError(
+                "arch as a dict needs both 'depths' and 'dims' (or 'hidden_sizes'), e.g. "
+                f"dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768]); got depths={depths}, dims={dims}"
+            )
+        return model_type or "convnext", {"depths": [int(d) for d in depths], "hidden_sizes": [int(h) for h in dims]}
+    if not isinstance(arch, str):
+        raise ValueError(f"arch must be a preset name such as 'convnext_tiny' / 'convnextv2_atto' or a dict(depths, dims), got {arch!r}")
+    key = arch.strip().lower().replace("-", "_")
+    if "_" in key:
+        prefix, _, size = key.partition("_")
+        if prefix not in PRESETS or size not in PRESETS[prefix]:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {list_presets()} or a size name with version='v1'|'v2'")
+        if model_type is not None and model_type != prefix:
+            raise ValueError(f"arch {arch!r} is a {prefix} preset but version={version!r} asks for {model_type}")
+        model_type = prefix
+    else:
+        size = key
+        owners = [t for t in PRESETS if size in PRESETS[t]]
+        if not owners:
+            raise ValueError(
+                f"unknown arch {arch!r}; expected one of {sorted({s for t in PRESETS for s in PRESETS[t]})} "
+                f"(with version='v1'|'v2') or a full preset name from {list_presets()}"
+            )
+        if model_type is None:
+            model_type = "convnext" if "convnext" in owners else owners[0]
+        elif model_type not in owners:
+            raise ValueError(
+                f"arch {arch!r} does not exist in ConvNeXt {'V2' if model_type == 'convnextv2' else 'V1'}; "
+                f"{model_type} sizes are {list(PRESETS[model_type])}"
+            )
+    depths, hidden = PRESETS[model_type][size]
+    return model_type, {"depths": list(depths), "hidden_sizes": list(hidden)}
+
+
+def config_from_arch(
+    arch: str | dict,
+    version: str | None = None,
+    *,
+    layer_scale_init_value: float | None = None,
+    layer_scale_v1_only: bool = False,
+    **overrides: Any,
+) -> ConvNextConfig:
+    """The core config for an architecture name (see ``resolve_arch``) plus config fields.
+
+    The V2 layer-scale rule lives here: ConvNeXt V2 has no layer scale (GRN replaces it).
+    ``layer_scale_init_value=None`` keeps the version's default (1e-6 for V1, none for V2); a
+    non-zero value for a V2 architecture is a ``ValueError``, unless ``layer_scale_v1_only`` says
+    the value comes from a framework setting documented as V1-only (Detectron2's
+    ``MODEL.CONVNEXT.LAYER_SCALE_INIT_VALUE``, whose default is V1's 1e-6): then V2 ignores it.
+    """
+    clash = sorted(set(overrides) & {"depths", "hidden_sizes", "num_stages"})
+    if clash:
+        raise ValueError(f"{clash} come from arch={arch!r}; give the architecture once, through arch")
+    model_type, shape = resolve_arch(arch, version)
+    kwargs: dict[str, Any] = dict(shape, num_stages=len(shape["depths"]))
+    if layer_scale_init_value is not None:
+        if model_type == "convnext":
+            kwargs["layer_scale_init_value"] = float(layer_scale_init_value)
+        elif layer_scale_init_value and not layer_scale_v1_only:
+            raise ValueError(
+                f"layer_scale_init_value={layer_scale_init_value} is not allowed for ConvNeXt V2 "
+                "(GRN replaces layer scale); leave it unset or 0"
+            )
+    kwargs.update(overrides)
+    return CONFIG_CLASSES[model_type](**kwargs)

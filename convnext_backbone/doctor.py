@@ -219,6 +219,12 @@ def check_mmseg() -> Check:
     return c
 
 
+def check_mmdet() -> Check:
+    c = Check("mmdet")
+    _import("mmdet", c, "the mmdet adapter (mmdet_convnext) and COCO detection configs (configs/mmdet) are unavailable")
+    return c
+
+
 def check_simple(name: str, module: str, consequence: str) -> Check:
     c = Check(name)
     _import(module, c, consequence)
@@ -246,6 +252,7 @@ def _run_checks() -> list[Check]:
         check_mmcv(),
         check_mmengine(),
         check_mmseg(),
+        check_mmdet(),
         check_simple(
             "transformers", "transformers", "HF checkpoint parity tests cannot run "
             "(conversion itself needs only safetensors)"
@@ -260,7 +267,7 @@ def _run_checks() -> list[Check]:
 
 def _adapter_status() -> list[str]:
     lines = []
-    for module in ("convnext_backbone", "detectron2_convnext", "mmseg_convnext"):
+    for module in ("convnext_backbone", "detectron2_convnext", "openmmlab_convnext", "mmseg_convnext", "mmdet_convnext"):
         try:
             spec = importlib.util.find_spec(module)
         except Exception:

@@ -101,8 +101,8 @@ declare -A CHECKS=(
   [base]="import torch, torchvision, numpy, pkg_resources"
   [detectron2]="import detectron2.model_zoo"
   [mmcv]="from mmcv.ops import nms"
-  [project]="import importlib.util as u, mmseg, mmengine, transformers, timm, onnx, onnxruntime, pycocotools
-missing = [m for m in ('convnext_backbone', 'detectron2_convnext', 'mmseg_convnext') if u.find_spec(m) is None]
+  [project]="import importlib.util as u, mmseg, mmdet, mmengine, transformers, timm, onnx, onnxruntime, pycocotools
+missing = [m for m in ('convnext_backbone', 'detectron2_convnext', 'openmmlab_convnext', 'mmseg_convnext', 'mmdet_convnext') if u.find_spec(m) is None]
 assert not missing, f'not installed: {missing}'"
 )
 # Files whose content a step depends on (besides its own function body).

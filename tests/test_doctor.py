@@ -5,7 +5,7 @@ import subprocess
 import sys
 import tempfile
 
-FRAMEWORKS = ("detectron2", "mmcv", "mmengine", "mmseg")
+FRAMEWORKS = ("detectron2", "mmcv", "mmengine", "mmseg", "mmdet")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -21,13 +21,16 @@ def test_installed_packages_found_from_anywhere():
     # find_spec, not import: the adapters' own tests import them; this checks the packaging.
     r = _run(
         "import importlib.util as u\n"
-        "for m in ('convnext_backbone', 'detectron2_convnext', 'mmseg_convnext'): print(u.find_spec(m).origin)"
+        "for m in ('convnext_backbone', 'detectron2_convnext', 'mmseg_convnext', 'mmdet_convnext', 'openmmlab_convnext'):"
+        " print(u.find_spec(m).origin)"
     )
     assert r.returncode == 0, r.stderr
-    core, d2, mmseg = r.stdout.split()
+    core, d2, mmseg, mmdet, shared = r.stdout.split()
     assert core.endswith(os.path.join("convnext_backbone", "__init__.py"))
     assert d2.endswith(os.path.join("integrations", "detectron2_convnext", "__init__.py"))
     assert mmseg.endswith(os.path.join("integrations", "mmseg_convnext", "__init__.py"))
+    assert mmdet.endswith(os.path.join("integrations", "mmdet_convnext", "__init__.py"))
+    assert shared.endswith(os.path.join("integrations", "openmmlab_convnext", "__init__.py"))
 
 
 def test_doctor_imports_no_framework_at_import_time():
@@ -45,7 +48,7 @@ def test_doctor_reports_the_stack(capsys):
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
     for name in ("python", "torch", "torchvision", "numpy", "detectron2", "mmcv", "mmengine",
-                 "mmseg", "transformers", "timm", "onnxruntime"):
+                 "mmseg", "mmdet", "transformers", "timm", "onnxruntime"):
         assert f"\n  {name} " in out, f"doctor does not report {name}:\n{out}"
     assert "mmcv.ops loads" in out, out
     assert re.search(r"\n  dwconv kernel +built ", out), out  # the C depthwise kernel compiled here

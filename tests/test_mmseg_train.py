@@ -206,6 +206,25 @@ def test_bad_config_stops_with_a_message_naming_the_problem(options, message, tm
     assert re.search(message, err), err
 
 
+def test_resume_from_a_truncated_checkpoint_names_the_last_intact_one(tmp_path, capsys):
+    """A checkpoint cut short (a full disk, a partial copy): one line naming it and what to do."""
+    work = tmp_path / "work"
+    work.mkdir()
+    good, bad = work / "iter_4.pth", work / "iter_6.pth"
+    torch.save({"meta": {"iter": 4}, "state_dict": {"w": torch.zeros(10)}}, good)
+    torch.save({"meta": {"iter": 6}, "state_dict": {"w": torch.zeros(1000)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:-300])
+    (work / "last_checkpoint").write_text(str(bad))  # what auto-resume picks
+    rc = train_main([str(SMOKE), "--work-dir", str(work), "--resume", "--cfg-options", *_options(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("convnext-mmseg-train: error:")]
+    assert len(lines) == 1, err  # library warnings may come before it
+    line = lines[0]
+    assert line.startswith(f"convnext-mmseg-train: error: cannot resume from {bad}: the file is truncated or corrupt")
+    assert line.endswith(f"the last intact checkpoint is {good}; resume from it with --resume {good}")
+
+
 def test_command_line_flags_reach_the_config(tmp_path):
     from mmseg_convnext.train import build_parser, load_config
 

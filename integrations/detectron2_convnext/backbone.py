@@ -14,12 +14,10 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from convnext_backbone import ConvNextBackbone, ConvNextConfig, ConvNextV2Config
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone import ConvNextBackbone, ConvNextConfig
+from convnext_backbone.config import config_from_arch
 
 __all__ = ["D2ConvNeXt", "build_convnext_backbone", "build_convnext_fpn_backbone", "convnext_config_from_cfg", "find_convnext"]
-
-_VERSIONS = {"v1": ConvNextConfig, "v2": ConvNextV2Config}
 
 
 class D2ConvNeXt(ConvNextBackbone, Backbone):
@@ -35,7 +33,7 @@ class D2ConvNeXt(ConvNextBackbone, Backbone):
         # LazyConfig hands lists over as omegaconf ListConfig; the core takes plain lists
         config_overrides = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in config_overrides.items()}
         if config is None:
-            config = config_from_preset_name(name, **config_overrides)
+            config = config_from_arch(name, **config_overrides)  # the core's one name resolver
         elif config_overrides:
             config = config.copy(**config_overrides)
         super().__init__(config)
@@ -77,17 +75,14 @@ def convnext_config_from_cfg(cfg, input_shape: ShapeSpec | None = None) -> ConvN
         if c.NAME:
             if c.DEPTHS or c.DIMS:
                 raise ValueError(f"set either NAME ({c.NAME!r}) or DEPTHS/DIMS, not both")
-            if c.NAME.strip().lower().replace("-", "_").startswith("convnext_"):
-                kw["layer_scale_init_value"] = float(c.LAYER_SCALE_INIT_VALUE)
-            return config_from_preset_name(c.NAME, **kw)
-        version = str(c.VERSION).lower()
-        if version not in _VERSIONS:
-            raise ValueError(f"VERSION must be one of {list(_VERSIONS)} when NAME is empty, got {c.VERSION!r}")
-        if not c.DEPTHS or not c.DIMS:
-            raise ValueError("with NAME empty, DEPTHS and DIMS must both be set (e.g. [3, 3, 9, 3] and [96, 192, 384, 768])")
-        if version == "v1":
-            kw["layer_scale_init_value"] = float(c.LAYER_SCALE_INIT_VALUE)
-        return _VERSIONS[version](depths=list(c.DEPTHS), hidden_sizes=list(c.DIMS), num_stages=len(c.DEPTHS), **kw)
+            arch, version = c.NAME, None
+        else:
+            if not c.DEPTHS or not c.DIMS:
+                raise ValueError("with NAME empty, DEPTHS and DIMS must both be set (e.g. [3, 3, 9, 3] and [96, 192, 384, 768])")
+            arch, version = dict(depths=list(c.DEPTHS), dims=list(c.DIMS)), c.VERSION
+        # LAYER_SCALE_INIT_VALUE is documented as V1-only (its default is V1's): V2 ignores it.
+        return config_from_arch(arch, version, layer_scale_init_value=float(c.LAYER_SCALE_INIT_VALUE),
+                                layer_scale_v1_only=True, **kw)
     except ValueError as e:
         raise ValueError(f"invalid MODEL.CONVNEXT config: {e}") from e
 

@@ -8,8 +8,10 @@ registers, in MMSegmentation's registries:
   (MMSeg's layer-wise lr decay plus V2's no-weight-decay for GRN, see ``optim``);
 - ``RUNNERS``: ``ConvNeXtSegRunner`` (resume under ``weights_only``, CPU torchrun, config checks).
 
-``convnext-mmseg-train`` (``mmseg_convnext.train``) trains a config with that Runner, and
-``mmseg_convnext.synthetic`` writes a small ADE20K-layout dataset for smoke runs.
+The code behind them is shared with the MMDetection adapter (``openmmlab_convnext``); this
+package only registers it. ``convnext-mmseg-train`` (``mmseg_convnext.train``) trains a config
+with that Runner, and ``mmseg_convnext.synthetic`` writes a small ADE20K-layout dataset for
+smoke runs.
 """
 from .backbone import MMSegConvNeXt, resolve_arch
 from .optim import ConvNeXtV2LearningRateDecayOptimizerConstructor

@@ -1,0 +1,288 @@
+"""The mmengine Runner pieces every OpenMMLab adapter shares: safe resume, atomic saves, CPU torchrun.
+
+Resume and ``weights_only``
+    torch >= 2.6 calls ``torch.load(weights_only=True)`` by default. mmengine 0.10.7 calls
+    ``torch.load`` without the argument, and its full checkpoints (``iter_N.pth``,
+    ``epoch_N.pth``) hold more than tensors: a ``MessageHub`` with ``HistoryBuffer`` objects
+    made of numpy arrays, numpy scalars, so resume fails as shipped. Two ways out were
+    considered:
+
+    * ``weights_only=False`` for files "this run wrote": it trusts a path, and anything that can
+      drop a file into the work dir (a copied, downloaded or tampered checkpoint) then runs code.
+    * keep ``weights_only=True`` and allow, only while mmengine loads a checkpoint, the few
+      *data* classes its checkpoints contain (``MMENGINE_CHECKPOINT_GLOBALS``): numpy array
+      reconstruction and dtypes, mmengine's ``HistoryBuffer``, and in place of ``getattr`` a
+      stand-in that only fetches ``HistoryBuffer``'s statistics methods (the one use mmengine's
+      pickles make of it). None of them can call an arbitrary function, so any file stays as
+      safe to load as a plain state dict.
+
+    The second is what ``ConvNeXtRunnerMixin.load_checkpoint`` does (``resume`` and
+    ``load_from`` both go through it). A pickle that references anything else (``os.system``,
+    ``eval``, a custom class) is still refused with torch's ``UnpicklingError``.
+
+A truncated or corrupt checkpoint
+    ``resume`` first checks the file (``checkpoint_problem``: present, a complete zip archive,
+    every member's CRC right). A bad one stops with one line that names it and the newest intact
+    checkpoint next to it, and how to resume from that (``--resume PATH``), instead of a
+    ``PytorchStreamReader`` traceback.
+
+Other things the mixin adds, each small:
+    * checkpoints are written to a temporary name and renamed, so a run killed while saving
+      never leaves a truncated ``iter_N.pth`` behind;
+    * ``launcher='pytorch'`` on a machine without CUDA (torchrun on CPU) initialises ``gloo`` and
+      wraps the model in DDP without ``device_ids`` (mmengine assumes one GPU per rank), and turns
+      SyncBN, which has no CPU kernel, into BN with a warning;
+    * after the model is built, the ``in_channels`` of what follows the backbone (a neck, or a
+      segmentor's heads) are checked against the backbone's channels, so a mismatch stops
+      before training with a message saying what to set (``check_in_channels``).
+
+Each adapter mixes it into mmengine's ``Runner`` and registers the result in its framework's
+``RUNNERS`` (``ConvNeXtSegRunner``, ``ConvNeXtDetRunner``); configs that set ``runner_type``
+get the same behaviour from the framework's own ``tools/train.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import os.path as osp
+import pickle
+import re
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from mmengine.dist import master_only
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.model import revert_sync_batchnorm
+
+from convnext_backbone import CheckpointError
+
+__all__ = [
+    "ConvNeXtRunnerMixin",
+    "MMENGINE_CHECKPOINT_GLOBALS",
+    "check_in_channels",
+    "checkpoint_problem",
+    "last_intact_checkpoint",
+    "mmengine_checkpoint_globals",
+]
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy array/scalar reconstruction and every concrete dtype class (numpy 1.x and 2.x names)."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    found: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: np.dtypes.Float64DType, ...
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    return found
+
+
+_HISTORY_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """What ``builtins.getattr`` may do while loading: fetch a ``HistoryBuffer`` statistics method.
+
+    A ``HistoryBuffer`` pickles its ``_statistics_methods`` (``HistoryBuffer.min`` ...) as
+    ``getattr(HistoryBuffer, 'min')``. Allowing the real ``getattr`` would let a crafted file
+    reach arbitrary bound methods, so this stand-in answers exactly those lookups and refuses
+    the rest.
+    """
+    if obj is HistoryBuffer and (name in _HISTORY_STATISTICS or name in HistoryBuffer._statistics_methods):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f"refusing getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r}) while loading an mmengine checkpoint "
+        "(only HistoryBuffer statistics methods are allowed)"
+    )
+
+
+# Found in mmengine 0.10 checkpoints (message hub history buffers, numpy values in runtime info).
+# Data classes only, plus the restricted getattr above: nothing that can call arbitrary code.
+MMENGINE_CHECKPOINT_GLOBALS: list[Any] = [
+    HistoryBuffer,
+    (_history_buffer_getattr, "builtins.getattr"),
+    *_numpy_globals(),
+]
+
+
+@contextlib.contextmanager
+def mmengine_checkpoint_globals() -> Iterator[None]:
+    """``torch.load`` stays ``weights_only``; inside, mmengine's data classes are allowed too."""
+    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        yield
+
+
+# ---- truncated / corrupt checkpoints ------------------------------------------------------------
+_TRAINING_CHECKPOINT = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why the training checkpoint at ``path`` cannot be resumed from, or ``None`` if it is intact.
+
+    torch writes checkpoints as zip archives; one cut short has no central directory, and a
+    damaged one fails a member's CRC. Reads the whole file once, unpickles nothing.
+    """
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        return "the file does not exist"
+    size = osp.getsize(path)
+    if size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return f"the file is truncated or corrupt ({size} bytes, no complete zip archive as torch.save writes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        return f"the file is corrupt ({type(e).__name__}: {e})"
+    if bad is not None:
+        return f"the file is corrupt (CRC mismatch in {bad})"
+    return None
+
+
+def last_intact_checkpoint(directory: str | os.PathLike, exclude: str | os.PathLike | None = None) -> str | None:
+    """The newest ``iter_N.pth`` / ``epoch_N.pth`` in ``directory`` that passes ``checkpoint_problem``."""
+    directory = os.fspath(directory)
+    if not osp.isdir(directory):
+        return None
+    skip = osp.realpath(exclude) if exclude is not None else None
+    found = []
+    for name in os.listdir(directory):
+        m = _TRAINING_CHECKPOINT.match(name)
+        if m:
+            found.append((int(m.group(2)), m.group(1) == "iter", name))
+    for _, _, name in sorted(found, reverse=True):
+        path = osp.join(directory, name)
+        if osp.realpath(path) != skip and checkpoint_problem(path) is None:
+            return path
+    return None
+
+
+def resume_problem(filename: str) -> str | None:
+    """One-line message if ``filename`` is a local training checkpoint that cannot be resumed from."""
+    if "://" in str(filename):
+        return None  # remote storage: left to mmengine's file backends
+    problem = checkpoint_problem(filename)
+    if problem is None:
+        return None
+    good = last_intact_checkpoint(osp.dirname(osp.abspath(filename)), exclude=filename)
+    where = osp.dirname(osp.abspath(filename))
+    advice = (f"the last intact checkpoint is {good}; resume from it with --resume {good}" if good else
+              f"there is no intact checkpoint in {where}; start again without --resume")
+    return f"cannot resume from {filename}: {problem}; {advice}"
+
+
+# ---- the model after the backbone must take the backbone's channels -------------------------------
+def _head_list(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    heads = [("decode_head", getattr(model, "decode_head", None))]
+    aux = getattr(model, "auxiliary_head", None)
+    if isinstance(aux, torch.nn.ModuleList):
+        heads += [(f"auxiliary_head[{i}]", h) for i, h in enumerate(aux)]
+    else:
+        heads.append(("auxiliary_head", aux))
+    return [(n, h) for n, h in heads if h is not None]
+
+
+def _describe(backbone: torch.nn.Module) -> str:
+    arch = getattr(backbone, "arch", None)
+    return f"{type(backbone).__name__} (arch={arch!r}, outputs {list(backbone.out_features)})"
+
+
+def check_in_channels(model: torch.nn.Module) -> None:
+    """``ValueError`` if what follows the ConvNeXt backbone expects other channels than it gives.
+
+    A neck (MMDetection's FPN, MMSegmentation's necks) must take the backbone's channels, in
+    order; without a neck, a segmentor's decode/auxiliary heads must take the channels at their
+    ``in_index``. Models with another backbone are not checked.
+    """
+    backbone = getattr(model, "backbone", None)
+    channels = getattr(backbone, "channels", None)
+    if channels is None or not hasattr(backbone, "out_features"):
+        return
+    channels = list(channels)
+    neck = getattr(model, "neck", None)
+    if isinstance(neck, torch.nn.Sequential) and len(neck):
+        neck = neck[0]
+    if neck is not None:
+        want = getattr(neck, "in_channels", None)
+        if isinstance(want, (list, tuple)) and list(want) != channels:
+            raise ValueError(
+                f"neck.in_channels={list(want)} does not match the backbone: {_describe(backbone)} gives "
+                f"{len(channels)} maps with channels {channels}, so set model.neck.in_channels={channels}"
+            )
+        return  # heads read the neck's outputs
+    for name, head in _head_list(model):
+        in_index, in_channels = getattr(head, "in_index", None), getattr(head, "in_channels", None)
+        if in_index is None or in_channels is None:
+            continue
+        idx = list(in_index) if isinstance(in_index, (list, tuple)) else [in_index]
+        want = list(in_channels) if isinstance(in_channels, (list, tuple)) else [in_channels]
+        bad_idx = [i for i in idx if not -len(channels) <= i < len(channels)]
+        if bad_idx:
+            raise ValueError(
+                f"{name}.in_index {in_index} refers to backbone outputs {bad_idx}, but the backbone returns "
+                f"{len(channels)} maps (out_indices {getattr(backbone, 'out_features', '')}, channels {channels})"
+            )
+        have = [channels[i] for i in idx]
+        if getattr(head, "input_transform", None) == "resize_concat" and len(want) == 1 and len(have) > 1:
+            have = [sum(have)]
+        if have != want:
+            fix = have if isinstance(in_channels, (list, tuple)) else have[0]
+            raise ValueError(
+                f"{name}.in_channels={in_channels} does not match the backbone: {_describe(backbone)} gives "
+                f"channels {channels}, so {name} with in_index={in_index} needs in_channels={fix}"
+            )
+
+
+# ---- the Runner mixin ------------------------------------------------------------------------------
+class ConvNeXtRunnerMixin:
+    """``class ConvNeXtXRunner(ConvNeXtRunnerMixin, mmengine.runner.Runner)`` (see the module doc)."""
+
+    def load_checkpoint(self, filename: str, *args: Any, **kwargs: Any) -> dict:
+        with mmengine_checkpoint_globals():
+            return super().load_checkpoint(filename, *args, **kwargs)  # type: ignore[misc]
+
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
+        problem = resume_problem(filename)
+        if problem is not None:
+            raise CheckpointError(problem)
+        with mmengine_checkpoint_globals():
+            return super().resume(filename, *args, **kwargs)  # type: ignore[misc]
+
+    @master_only
+    def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+        if "://" in str(out_dir) or kwargs.get("backend_args") or kwargs.get("file_client_args"):
+            return super().save_checkpoint(out_dir, filename, *args, **kwargs)  # type: ignore[misc]
+        tmp = f".{filename}.partial"
+        super().save_checkpoint(out_dir, tmp, *args, **kwargs)  # type: ignore[misc]
+        os.replace(osp.join(out_dir, tmp), osp.join(out_dir, filename))
+
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed and not torch_dist.is_initialized() and not torch.cuda.is_available():  # type: ignore[attr-defined]
+            if self.launcher != "pytorch":  # type: ignore[attr-defined]
+                raise ValueError(f"launcher={self.launcher!r} needs CUDA; on CPU use torchrun with --launcher pytorch")  # type: ignore[attr-defined]
+            torch_dist.init_process_group(backend="gloo")  # env:// from torchrun
+        super().setup_env(env_cfg)  # type: ignore[misc]
+
+    def build_model(self, model: Any) -> torch.nn.Module:
+        built = super().build_model(model)  # type: ignore[misc]
+        check_in_channels(built)
+        return built
+
+    def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:
+        if not (self.distributed and not torch.cuda.is_available()):  # type: ignore[attr-defined]
+            return super().wrap_model(model_wrapper_cfg, model)  # type: ignore[misc]
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+            print_log("SyncBN has no CPU implementation: using per-process BatchNorm for this CPU run",
+                      logger="current", level=30)
+        reverted = revert_sync_batchnorm(model)
+        cfg = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                   find_unused_parameters=self.cfg.get("find_unused_parameters", False))  # type: ignore[attr-defined]
+        cfg.update(model_wrapper_cfg or {})
+        cfg["device_ids"] = None  # CPU module: DDP must not be given a device
+        return super().wrap_model(cfg, reverted)  # type: ignore[misc]
