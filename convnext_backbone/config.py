@@ -412,7 +412,8 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
     if "_" in key:
         prefix, _, size = key.partition("_")
         if prefix not in PRESETS or size not in PRESETS[prefix]:
-            raise ValueError(f"unknown arch {arch!r}; expected one of {list_presets()} or a size name with version='v1'|'v2'")
+            raise ValueError(f"unknown arch {arch!r}{closest(key, list_presets(), 'the presets')} "
+                             "(or a size name with version='v1'|'v2')")
         if model_type is not None and model_type != prefix:
             raise ValueError(f"arch {arch!r} is a {prefix} preset but version={version!r} asks for {model_type}")
         model_type = prefix
@@ -420,9 +421,10 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
         size = key
         owners = [t for t in PRESETS if size in PRESETS[t]]
         if not owners:
+            sizes = sorted({s for t in PRESETS for s in PRESETS[t]})
             raise ValueError(
-                f"unknown arch {arch!r}; expected one of {sorted({s for t in PRESETS for s in PRESETS[t]})} "
-                f"(with version='v1'|'v2') or a full preset name from {list_presets()}"
+                f"unknown arch {arch!r}{closest(key, sizes, 'the sizes')} "
+                f"(with version='v1'|'v2'), or a full preset name from {list_presets()}"
             )
         if model_type is None:
             model_type = "convnext" if "convnext" in owners else owners[0]

@@ -6,8 +6,10 @@ NUM_LAYERS, the stem is layer 0, stage 1 is 1, stage 2 (and its downsampling) 2,
 downsampling 3 and its blocks ``3 + block // 3``, stage 4 (and its downsampling) ``n``, and
 everything else (output norms, FPN, heads) ``n + 1``. A parameter of layer ``i`` gets
 ``lr = base_lr * rate ** (n + 1 - i)``. Stage-wise: downsampling layers 0, stage ``s`` is
-``s``, the rest ``n + 1``. No weight decay on norms, biases, layer scale and GRN parameters.
-Parameter groups come from Detectron2's own ``get_default_optimizer_params``.
+``s``, the rest ``n + 1``. No weight decay where the core's rule says so
+(``convnext_backbone.optim.no_weight_decay``: 1-D parameters such as norms, biases and layer
+scale, and GRN's gamma/beta), for the whole detector. Groups are merged with Detectron2's
+``reduce_param_groups``.
 """
 from __future__ import annotations
 
@@ -16,15 +18,15 @@ from functools import partial
 
 import torch
 from detectron2.solver import build_optimizer as d2_build_optimizer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
+
+from convnext_backbone.optim import no_weight_decay
 
 from .backbone import find_convnext
 
 __all__ = ["convnext_layer_id", "convnext_lr_factor", "convnext_param_groups", "build_convnext_optimizer", "default_num_layers"]
 
 LAYER_WISE, STAGE_WISE = "layer_wise", "stage_wise"
-# Layer scale (`gamma` of a block) and GRN (`grn.gamma`, `grn.beta`): never decayed.
-NO_DECAY_PARAM_NAMES = ("gamma", "beta")
 
 
 def default_num_layers(depths) -> int:
@@ -72,16 +74,14 @@ def convnext_param_groups(
     num_layers = num_layers or default_num_layers(trunk.config.depths)
     factor = partial(convnext_lr_factor, prefix=prefix, rate=float(layer_decay_rate), num_layers=num_layers, decay_type=decay_type)
     factor(prefix + "stages.0.0.dwconv.weight")  # validates decay_type before any work
-    no_decay = {name: {"weight_decay": 0.0} for name in NO_DECAY_PARAM_NAMES}
-    return get_default_optimizer_params(
-        model,
-        base_lr=base_lr,
-        weight_decay=weight_decay,
-        weight_decay_norm=0.0,
-        weight_decay_bias=0.0,
-        overrides=no_decay,
-        lr_factor_func=factor,
-    )
+    groups, seen = [], set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:  # frozen, or shared and already placed
+            continue
+        seen.add(id(param))
+        groups.append({"params": [param], "lr": base_lr * factor(name),
+                       "weight_decay": 0.0 if no_weight_decay(name, param) else weight_decay})
+    return reduce_param_groups(groups)
 
 
 def build_convnext_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

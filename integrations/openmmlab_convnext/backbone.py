@@ -166,7 +166,7 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         ROI extractor) read raw NCHW memory and silently return garbage for a channels-last
         tensor, and the convolutions of a neck keep the memory format they are given.
         """
-        return tuple(m.contiguous() for m in super().forward(x).feature_maps)
+        return tuple(m.contiguous() for m in self.forward_features(x).feature_maps)
 
     def init_weights(self) -> None:
         """Apply ``init_cfg``: mmengine initializers first, then ``Pretrained`` through the core loader."""
@@ -196,7 +196,8 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
             source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if not source:
                 raise CheckpointError(f"{checkpoint}: no keys start with prefix {prefix!r} (first keys: {list(state)[:5]})")
-        report = load_checkpoint(self, source, strict=strict)
+        report = load_checkpoint(self, source, strict=strict, hint=(
+            "To load what fits (the rest is logged), set strict=False in init_cfg=dict(type='Pretrained', ...)."))
         print_log(f"{name}: loaded {checkpoint}: {report.summary()}", logger="current")
         if report.initialized:
             print_log(f"{name}: not in the checkpoint, freshly initialised: {report.initialized}", logger="current")
