@@ -3,13 +3,13 @@
 Called only by ``accel.run_block`` / ``accel.run_downsample`` after the dispatch rule admitted
 the module; the math is the reference block's, in an order chosen for memory traffic:
 
-- Inference streams the block over chunks of image rows: depthwise conv + LayerNorm in the C
-  kernel (one pass, the tile normalised while in cache), the first projection into a
-  chunk-sized buffer, GELU in place, the second projection accumulated onto residual + bias.
-  For V1 the 4x-wide hidden tensor of a chunk (a few MiB) never leaves the cache and never
-  exists whole. V2's GRN needs the whole map's statistic before the second projection, so
-  one sample's hidden tensor is kept (its sum of squares is taken chunk by chunk while hot),
-  and GRN is folded into per-sample weights of that projection.
+- Inference: depthwise conv + LayerNorm in the C kernel (one pass, the tile normalised while
+  in cache), the first projection into a reused buffer, GELU in place, the second projection
+  accumulated onto residual + bias. V1 streams the block over chunks of image rows, so its
+  4x-wide hidden tensor never exists whole (a chunk's stays in cache). V2's GRN needs the
+  whole map's statistic before the second projection, so V2 goes one sample at a time: its
+  hidden tensor, the sum of squares in one C pass, and GRN folded into per-sample weights of
+  that projection.
 - Training: the C depthwise kernel (its weight gradient is ~7x faster than oneDNN's), for V1 a
   custom MLP function that keeps one 4x-wide tensor for backward instead of two and computes
   its backward in a reused buffer, for V2 GRN folded into a batched GEMM; residual and bias
@@ -87,14 +87,9 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b2 = F.linear(grn.beta.reshape(1, c4), fc2.weight, fc2.bias)  # GRN's shift through the projection
     hidden = workspace(hh * ww * c4, x.dtype, "hidden").view(hh * ww, c4)  # one sample at a time
     for i in range(n):
-        sumsq = torch.zeros(c4, dtype=x.dtype)
-        for r0 in range(i * hh, (i + 1) * hh, step):
-            r1 = min((i + 1) * hh, r0 + step)
-            h = hidden[(r0 - i * hh) * ww:(r1 - i * hh) * ww]
-            torch.addmm(fc1.bias, normed(r0, r1), w1t, out=h)
-            torch.ops.aten.gelu_(h, approximate=approximate)
-            sumsq += _sum_of_squares(h)  # while the chunk is in cache
-        scale = _grn_scale(grn, sumsq.unsqueeze(0))[0]
+        torch.addmm(fc1.bias, normed(i * hh, (i + 1) * hh), w1t, out=hidden)
+        torch.ops.aten.gelu_(hidden, approximate=approximate)
+        scale = _grn_scale(grn, _sum_of_squares(hidden).unsqueeze(0))[0]
         p0, p1 = i * hh * ww, (i + 1) * hh * ww
         o = torch.add(x_rows[p0:p1], b2, out=out_rows[p0:p1])
         o.addmm_(hidden, scale.unsqueeze(1) * w2t)  # GRN folded into this sample's weights
