@@ -44,7 +44,7 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # An exported graph says float32 explicitly: runtimes differ in how they accumulate a half reduction.
-        src = x.float() if x.dtype != torch.float32 and torch.onnx.is_in_onnx_export() else x
+        src = x.float() if torch.onnx.is_in_onnx_export() and x.dtype != torch.float32 else x
         gx = torch.linalg.vector_norm(src, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
         nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
         return self.gamma * (x * nx) + self.beta + x

@@ -59,7 +59,7 @@ def _one_line_error(capsys, rc, prog="convnext-d2-train") -> str:
     (["SOLVER.MAX_ITER"], "bad config override: Override list has odd length"),
     (["SOLVER.MAX_ITER", "3", "--resume"], "--resume comes after the config overrides: put flags before the overrides"),
     (["MODEL.CONVNEXT.OUT_FEATURES", "['stage5']"], "invalid MODEL.CONVNEXT config: out_features must be a subset"),
-    (["MODEL.CONVNEXT.NAME", "convnextv2_atoo"], "invalid MODEL.CONVNEXT config: unknown preset 'convnextv2_atoo'"),
+    (["MODEL.CONVNEXT.NAME", "convnextv2_atoo"], "invalid MODEL.CONVNEXT config: unknown arch 'convnextv2_atoo'; did you mean 'convnextv2_atto'?"),
     (["MODEL.FPN.IN_FEATURES", "['stage1', 'stem']"], "MODEL.FPN.IN_FEATURES ['stage1', 'stem'] asks for ['stem']"),
     (["MODEL.WEIGHTS", "/nonexistent/convnext.pth"], "MODEL.WEIGHTS not found: /nonexistent/convnext.pth"),
     (["DATASETS.TRAIN", "('my_train',)"], "DATASETS.TRAIN: dataset 'my_train' is not registered; register a COCO-format dataset with --register-coco my_train"),
@@ -94,7 +94,7 @@ def test_debug_env_shows_the_traceback(monkeypatch, data):
     ("train.max_iters=3", "override 'train.max_iters=3': the config has no key train.max_iters (did you mean train.max_iter?)"),
     ("dataloader.evaluator.use_fast=False", "COCOEvaluator takes no argument 'use_fast' (set at dataloader.evaluator)"),
     ("train.max_iter", "bad override in ['train.max_iter']"),
-    ("model.backbone.bottom_up.name=convnext_tinyy", "unknown preset 'convnext_tinyy'"),
+    ("model.backbone.bottom_up.name=convnext_tinyy", "unknown arch 'convnext_tinyy'; did you mean 'convnext_tiny'?"),
 ])
 def test_lazyconfig_mistakes_are_one_line(capsys, override, expected):
     rc = lazy_train_net.main(["--config-file", LAZY_CFG, override])
