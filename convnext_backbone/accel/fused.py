@@ -66,9 +66,9 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = x.new_empty((n, hh, ww, c))
     x_rows, out_rows = x.permute(0, 2, 3, 1).reshape(-1, c), out.view(-1, c)
     w1t = fc1.weight.t()
-    step = max(1, CHUNK_BYTES // (ww * c4 * x.element_size()))
 
     if block.grn is None:
+        step = max(1, CHUNK_BYTES // (ww * c4 * x.element_size()))  # image rows per chunk
         w2t, b2 = fc2.weight.t(), fc2.bias
         if block.gamma is not None:  # layer scale folded into the projection
             w2t, b2 = w2t * block.gamma, b2 * block.gamma
