@@ -38,3 +38,46 @@ def max_abs_diff(a, b) -> float:
         return max(max_abs_diff(x, y) for x, y in zip(a, b))
     assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
     return (a.float() - b.float()).abs().max().item()
+
+
+# ---- training in a subprocess (the OpenMMLab train commands) --------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict:
+    """This checkout's packages first, warnings off, one OpenMP thread: tiny tensors gain nothing
+    from a second thread, and on two shared cores OpenMP's spin-waiting makes 2 threads ~10x slower."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    paths = [str(REPO), str(REPO / "integrations"), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return env
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` from the repo root with ``subprocess_env()``, stdout and stderr into ``log``."""
+    with open(log, "w") as f:
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), timeout=timeout, cwd=REPO)
+
+
+def log_tail(log: Path, n: int = 40) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if not line.lstrip().startswith(('"', "set param"))]
+    return "\n".join(lines[-n:])
+
+
+def logged_scalars(work: Path) -> list[list[dict]]:
+    """mmengine's logged scalars per run (one list per timestamped run directory, oldest first)."""
+    runs = []
+    for path in sorted(work.glob("*/vis_data/scalars.json")):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                pass
+        runs.append(rows)
+    return runs

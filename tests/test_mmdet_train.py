@@ -13,7 +13,6 @@ faster than two).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+
 import pytest
+from helpers import REPO, log_tail, logged_scalars, run_logged, subprocess_env
 import torch
 
 import mmdet
@@ -34,7 +35,6 @@ from mmdet_convnext.train import main as train_main
 from mmengine.registry import DefaultScope
 from openmmlab_convnext import checkpoint_problem, mmengine_checkpoint_globals
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "mmdet" / "smoke" / "mask_rcnn_convnextv2_atto_fpn_shapes.py"
 MMDET_TRAIN = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"  # MMDetection's own script
 LEARN_ITERS, CKPT_INTERVAL, STEP_AT, BASE_LR = 60, 10, 50, 8e-4
@@ -53,13 +53,6 @@ def _mmdet_default_scope():
     with DefaultScope.overwrite_default_scope("mmdet"):
         yield
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    paths = [str(REPO), str(REPO / "integrations"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    return env
-
-
 def _data_options(root: Path) -> list[str]:
     d = f"{root}/"
     return ([f"{k}.dataset.data_root={d}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
@@ -69,30 +62,6 @@ def _data_options(root: Path) -> list[str]:
 def _train_cmd(work: Path, data: Path, *extra: str, **overrides) -> list[str]:
     opts = _data_options(data) + [f"{k}={v}" for k, v in overrides.items()]
     return [sys.executable, "-m", "mmdet_convnext.train", str(SMOKE), "--work-dir", str(work), *extra, "--cfg-options", *opts]
-
-
-def _run(cmd: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
-    with open(log, "w") as f:
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout, cwd=REPO)
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    lines = [l for l in log.read_text(errors="replace").splitlines() if not l.lstrip().startswith(('"', "set param"))]
-    return "\n".join(lines[-n:])
-
-
-def _scalars(work: Path) -> list[list[dict]]:
-    """Logged scalars per run (one list per timestamped run directory, oldest first)."""
-    runs = []
-    for path in sorted(work.glob("*/vis_data/scalars.json")):
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                pass
-        runs.append(rows)
-    return runs
 
 
 def _error_line(err: str, prog: str = "convnext-mmdet-train") -> str:
@@ -126,7 +95,7 @@ def run(shapes, tmp_path_factory):
     t0 = time.monotonic()
     log1 = root / "run1.log"
     with open(log1, "w") as f:
-        proc = subprocess.Popen(_train_cmd(work, shapes, **schedule), stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        proc = subprocess.Popen(_train_cmd(work, shapes, **schedule), stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
     last = work / "last_checkpoint"
     deadline = time.monotonic() + 600
     try:
@@ -141,14 +110,14 @@ def run(shapes, tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert not ended_early, f"run 1 ended before it could be killed:\n{_tail(log1)}"
+    assert not ended_early, f"run 1 ended before it could be killed:\n{log_tail(log1)}"
     killed_at = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
     files_after_kill = sorted(p.name for p in work.iterdir())
     checkpoints_after_kill = {p.name: _load(p)["meta"]["iter"] for p in work.glob("iter_*.pth")}
     log2 = root / "run2.log"
-    proc2 = _run(_train_cmd(work, shapes, "--resume", **schedule), log2, timeout=900)
-    assert proc2.returncode == 0, _tail(log2)
-    runs = _scalars(work)
+    proc2 = run_logged(_train_cmd(work, shapes, "--resume", **schedule), log2, timeout=900)
+    assert proc2.returncode == 0, log_tail(log2)
+    runs = logged_scalars(work)
     return dict(work=work, killed_at=killed_at, returncode1=proc.returncode, files_after_kill=files_after_kill,
                 checkpoints_after_kill=checkpoints_after_kill, log1=log1.read_text(), log2=log2.read_text(),
                 run1=runs[0], run2=runs[-1], seconds=time.monotonic() - t0)
@@ -292,15 +261,15 @@ def test_distributed_two_cpu_processes_with_torchrun(shapes, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mmdet_convnext.train", str(SMOKE), "--launcher", "pytorch", "--work-dir", str(work),
            "--cfg-options", *_data_options(shapes), *[f"{k}={v}" for k, v in opts.items()]]
-    proc = _run(cmd, log, timeout=600)
-    assert proc.returncode == 0, _tail(log)
+    proc = run_logged(cmd, log, timeout=600)
+    assert proc.returncode == 0, log_tail(log)
     text = log.read_text()
     assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
     assert re.search(r"GPU number: 2", text), "two ranks"
     assert "SyncBN has no CPU implementation" in text
     ckpt = _load(work / "iter_3.pth")
     assert ckpt["meta"]["iter"] == 3 and not any(k.startswith("module.") for k in ckpt["state_dict"])
-    run = _scalars(work)[-1]
+    run = logged_scalars(work)[-1]
     assert [r["iter"] for r in run if "loss" in r] == [1, 2, 3]
     assert any("coco/bbox_mAP" in r and "coco/segm_mAP" in r for r in run)
 
@@ -317,10 +286,10 @@ def test_mmdetection_own_train_script_runs_and_resumes_a_user_config_inheriting_
     work = tmp_path / "work"
     base = [sys.executable, str(MMDET_TRAIN), str(user), "--work-dir", str(work)]
     opts = ["default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100", *_data_options(shapes)]
-    first = _run(base + ["--cfg-options", "train_cfg.max_iters=2", *opts], tmp_path / "first.log", timeout=600)
-    assert first.returncode == 0, _tail(tmp_path / "first.log")
-    second = _run(base + ["--resume", "--cfg-options", "train_cfg.max_iters=3", *opts], tmp_path / "second.log", timeout=600)
-    assert second.returncode == 0, _tail(tmp_path / "second.log")
+    first = run_logged(base + ["--cfg-options", "train_cfg.max_iters=2", *opts], tmp_path / "first.log", timeout=600)
+    assert first.returncode == 0, log_tail(tmp_path / "first.log")
+    second = run_logged(base + ["--resume", "--cfg-options", "train_cfg.max_iters=3", *opts], tmp_path / "second.log", timeout=600)
+    assert second.returncode == 0, log_tail(tmp_path / "second.log")
     text = (tmp_path / "second.log").read_text()
     assert "resumed epoch: 0, iter: 2" in text
     final = _load(work / "iter_3.pth")

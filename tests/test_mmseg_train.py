@@ -8,7 +8,6 @@ so a run can be killed with SIGKILL and resumed, and torchrun can start two CPU 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -18,7 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 import pytest
+from helpers import REPO, log_tail, logged_scalars, run_logged, subprocess_env
 import torch
 from PIL import Image
 
@@ -27,23 +28,11 @@ from mmseg_convnext import mmengine_checkpoint_globals
 from mmseg_convnext.synthetic import make_ade20k_like
 from mmseg_convnext.train import main as train_main
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "mmseg" / "smoke" / "upernet_convnextv2_atto_64x64_synthetic.py"
 # Measured: see test_training_learns_the_easy_dataset; the bar sits well below the measured
 # value and far above what a constant (majority-class) predictor scores.
 LEARN_ITERS = 120
 MIOU_BAR = 60.0
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    paths = [str(REPO), str(REPO / "integrations"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env["PYTHONWARNINGS"] = "ignore"
-    # 64x64 tensors gain nothing from a second thread, and when the two cores are shared with
-    # other work OpenMP's spin-waiting makes 2 threads ~10x slower than 1 (measured here).
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _options(data_root: Path, **overrides) -> list[str]:
@@ -54,31 +43,6 @@ def _options(data_root: Path, **overrides) -> list[str]:
 def _train_cmd(work_dir: Path, data_root: Path, *extra: str, **overrides) -> list[str]:
     return [sys.executable, "-m", "mmseg_convnext.train", str(SMOKE), "--work-dir", str(work_dir), *extra,
             "--cfg-options", *_options(data_root, **overrides)]
-
-
-def _run(cmd: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout, cwd=REPO)
-    return proc
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    lines = [l for l in log.read_text(errors="replace").splitlines() if not l.lstrip().startswith(('"', "set param"))]
-    return "\n".join(lines[-n:])
-
-
-def _scalars(work_dir: Path) -> list[list[dict]]:
-    """Logged scalars per run (one list per timestamped run directory, oldest first)."""
-    runs = []
-    for path in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                pass
-        runs.append(rows)
-    return runs
 
 
 def _load(path: Path) -> dict:
@@ -111,7 +75,7 @@ def test_train_eval_checkpoint_kill_and_resume_at_the_right_iteration(ade, tmp_p
     cmd = _train_cmd(work, ade, **{"train_cfg.max_iters": 1000, "train_cfg.val_interval": 1000,
                                    "default_hooks.checkpoint.interval": 2, "default_hooks.logger.interval": 1})
     with open(log1, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
     deadline = time.monotonic() + 400
     last = work / "last_checkpoint"
     try:
@@ -120,8 +84,8 @@ def test_train_eval_checkpoint_kill_and_resume_at_the_right_iteration(ade, tmp_p
                     int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1)) >= 4:
                 break
             time.sleep(0.2)
-        assert proc.poll() is None, f"run 1 ended early:\n{_tail(log1)}"
-        assert time.monotonic() < deadline, f"no checkpoint at iteration >= 4 in time:\n{_tail(log1)}"
+        assert proc.poll() is None, f"run 1 ended early:\n{log_tail(log1)}"
+        assert time.monotonic() < deadline, f"no checkpoint at iteration >= 4 in time:\n{log_tail(log1)}"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -131,21 +95,21 @@ def test_train_eval_checkpoint_kill_and_resume_at_the_right_iteration(ade, tmp_p
     n = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
     for ckpt in work.glob("iter_*.pth"):  # written atomically: every visible checkpoint is whole
         assert _load(ckpt)["meta"]["iter"] == int(ckpt.stem.split("_")[1])
-    run1 = _scalars(work)[-1]
+    run1 = logged_scalars(work)[-1]
     run1_lr = {r["iter"]: r["base_lr"] for r in run1 if "base_lr" in r}
     assert set(range(1, n + 1)) <= set(run1_lr)
 
     log2 = tmp_path / "run2.log"
     cmd = _train_cmd(work, ade, "--resume", **{"train_cfg.max_iters": n + 2, "train_cfg.val_interval": n + 2,
                                                "default_hooks.checkpoint.interval": 2, "default_hooks.logger.interval": 1})
-    proc2 = _run(cmd, log2, timeout=400)
-    assert proc2.returncode == 0, _tail(log2)
+    proc2 = run_logged(cmd, log2, timeout=400)
+    assert proc2.returncode == 0, log_tail(log2)
     text = log2.read_text()
     assert f"resumed epoch: 0, iter: {n}" in text
     assert f"Advance dataloader {n} steps" in text
     final = _load(work / f"iter_{n + 2}.pth")
     assert final["meta"]["iter"] == n + 2 and "optimizer" in final and "param_schedulers" in final
-    run2 = _scalars(work)[-1]
+    run2 = logged_scalars(work)[-1]
     trained = [r["iter"] for r in run2 if "base_lr" in r]
     assert trained == [n + 1, n + 2], "the resumed run must train exactly the missing iterations"
     # the warmup schedule resumed too (a fresh scheduler would restart at run 1's first lr)
@@ -258,8 +222,8 @@ def test_distributed_two_cpu_processes_with_torchrun(ade, tmp_path):
            "--cfg-options", *_options(ade, **{"train_cfg.max_iters": 3, "train_cfg.val_interval": 3,
                                               "default_hooks.checkpoint.interval": 3, "default_hooks.logger.interval": 1,
                                               "model.decode_head.norm_cfg.type": "SyncBN"})]  # as the ADE20K configs
-    proc = _run(cmd, log, timeout=400)
-    assert proc.returncode == 0, _tail(log)
+    proc = run_logged(cmd, log, timeout=400)
+    assert proc.returncode == 0, log_tail(log)
     text = log.read_text()
     assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
     assert re.search(r"GPU number: 2", text), "two ranks"
@@ -267,7 +231,7 @@ def test_distributed_two_cpu_processes_with_torchrun(ade, tmp_path):
     ckpt = _load(work / "iter_3.pth")
     assert ckpt["meta"]["iter"] == 3
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
-    run = _scalars(work)[-1]
+    run = logged_scalars(work)[-1]
     assert [r["iter"] for r in run if "loss" in r] == [1, 2, 3] and any("mIoU" in r for r in run)
 
 
@@ -285,10 +249,10 @@ def test_training_learns_the_easy_dataset(tmp_path):
     work = tmp_path / "work"
     log = tmp_path / "learn.log"
     t0 = time.monotonic()
-    proc = _run(_train_cmd(work, root, **{"train_cfg.max_iters": LEARN_ITERS, "train_cfg.val_interval": LEARN_ITERS,
+    proc = run_logged(_train_cmd(work, root, **{"train_cfg.max_iters": LEARN_ITERS, "train_cfg.val_interval": LEARN_ITERS,
                                           "param_scheduler.1.end": LEARN_ITERS}), log, timeout=600)
-    assert proc.returncode == 0, _tail(log)
-    miou = [r["mIoU"] for r in _scalars(work)[-1] if "mIoU" in r][-1]
+    assert proc.returncode == 0, log_tail(log)
+    miou = [r["mIoU"] for r in logged_scalars(work)[-1] if "mIoU" in r][-1]
     baseline = _majority_baseline(root)
     print(f"\nlearning test: mIoU {miou:.2f} after {LEARN_ITERS} iterations ({time.monotonic() - t0:.0f} s); "
           f"majority-class baseline {baseline:.2f}; bar {MIOU_BAR}")
