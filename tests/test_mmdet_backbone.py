@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize_
+from helpers import official_layer_id, randomize_
 
 import mmdet_convnext  # noqa: F401  (registers MMDetConvNeXt & co)
 import mmseg_convnext  # noqa: F401
@@ -142,25 +142,6 @@ def test_init_cfg_pretrained_loads_official_and_mmdet_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------------ layer-wise lr decay
-def official_layer_id(name: str, decay_type: str, num_layers: int) -> int:
-    """The official ConvNeXt detection rule (facebookresearch/ConvNeXt, object_detection/mmcv_custom), restated.
-
-    layer_wise: stem 0; stage1 1; stage2 and its downsampling 2; stage3 and its downsampling
-    3 + block // 3; stage4 and its downsampling ``num_layers``; anything else num_layers + 1.
-    stage_wise: stem and every downsampling 0; stage i (1-based) i; anything else num_layers + 1.
-    lr = base_lr * decay_rate ** (num_layers + 1 - layer_id).
-    """
-    parts = name.split(".")
-    if parts[0] != "backbone" or parts[1] not in ("downsample_layers", "stages"):
-        return num_layers + 1
-    stage = int(parts[2])
-    if decay_type == "stage_wise":
-        return 0 if parts[1] == "downsample_layers" else stage + 1
-    if parts[1] == "downsample_layers":
-        return {0: 0, 1: 2, 2: 3, 3: num_layers}[stage]
-    return {0: 1, 1: 2, 3: num_layers}.get(stage, 3 + int(parts[3]) // 3)
-
-
 def _groups_by_param(model, constructor: str, decay_type: str, num_layers: int, rate=0.7, base_lr=2e-4, wd=0.05):
     cons = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
         type=constructor,
