@@ -7,7 +7,8 @@ fast and a broken optional dependency breaks only its own subcommand) and provid
     add_arguments(parser: argparse.ArgumentParser) -> None
     run(args: argparse.Namespace) -> int | None      # exit status; None means 0
 
-To add a subcommand, add a row.
+To add a subcommand, add a row. Errors and Ctrl-C end every subcommand the same way
+(``cli_errors.run_cli``): one line, exit status 2 for a user mistake and 130 for Ctrl-C.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import argparse
 import importlib
 import sys
 from typing import NamedTuple
+
+from .cli_errors import run_cli
 
 
 class Command(NamedTuple):
@@ -52,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     # The subcommand is the first positional word (the top level has no options but -h).
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected).parse_args(argv)
-    status = importlib.import_module(args._module).run(args)
-    return int(status or 0)
+    return run_cli(f"convnext-backbone {args.command}", lambda: importlib.import_module(args._module).run(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .cli_errors import UserError
 from .config import CONFIG_CLASSES, OUTPUT_NORM_KEY, ConvNextConfig, ConvNextV2Config, output_norm_name, stage_names_for
 from .fileio import atomic_write, safetensors_bytes
 
@@ -38,8 +39,8 @@ __all__ = [
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, recognised or loaded as asked."""
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read, recognised or loaded as asked (a ``ValueError``; one line in a CLI)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,12 +3,16 @@
 Pipeline: the sorted input list is split across ``torchrun`` ranks (``paths[rank::world]``);
 DataLoader workers decode and preprocess; the main thread runs the model; writer threads
 serialise, checksum and atomically write one file per image and append its manifest line.
-See ``store.py`` for the directory layout and why a killed run resumes cleanly.
+See ``store.py`` for the directory layout and why a killed run resumes cleanly. One run at a
+time writes into an ``--out`` (``store.OutputLock``), and never over files it did not write:
+its inputs, a checkpoint directory, a folder that is not an export (``_check_out_is_ours``).
+Ctrl-C stops with one line saying how far it got; the same command resumes.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,12 +28,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..cli_errors import UserError, interrupt_note, user_errors
 from ..fileio import atomic_write
 from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
-from .images import DEFAULT_SIZE, RESIZE_MODES, list_inputs, load_image, make_transform
+from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
-    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, merge_manifest,
-    output_is_valid, read_manifest, serialize, verify_export,
+    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, OutputLock,
+    describe_lock_record, merge_manifest, output_is_valid, read_manifest, serialize, verify_export,
 )
 
 __all__ = ["ExportError", "add_arguments", "run", "run_export"]
@@ -38,7 +43,7 @@ _MAX_NOTES = 20
 _COMPARED = ("features", "dtype", "compute_dtype", "format", "preprocess", "norm_outputs", "model_sha256")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A problem with the arguments or the output directory, reported before any work."""
 
 
@@ -195,10 +200,65 @@ class _Writer:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0: list inputs, check/write the export config, clear stale temp files."""
-    inputs = list_inputs(args.input)
+_OWNED_DIRS = (FEATURES_DIR, PARTIAL_DIR, PARTS_DIR)  # written and cleared by the export only
+
+
+def _lock(out: Path, lock: OutputLock) -> list[str]:
+    """Take ``lock`` (``OutputInUse`` if another run holds it); -> notes for the user."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire()
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ExportError(f"--out {out} is not writable ({e.strerror}): an export cannot run or resume there "
+                          f"(to check a finished one: --verify {out})") from e
+    if lock.unsupported:
+        return [f"note: {lock.unsupported}; make sure no other export writes into it at the same time"]
+    if lock.previous:
+        return [f"note: taking over {out} from an export that did not finish ({describe_lock_record(lock.previous)})"]
+    return []
+
+
+def _check_out_is_ours(out: Path, inputs: InputList) -> None:
+    """Refuse an ``--out`` where the export would overwrite or delete files it did not write.
+
+    Its own names (``features/``, ``manifest.jsonl``, ``.partial/``...) in a folder without an
+    ``export_config.json`` (the first file every export writes) belong to someone else; and an
+    input image must not lie where the export writes and clears (``--out`` = the image folder
+    when that has a ``features/`` of its own). Inputs are compared by path, with the symlinks
+    above their common folder resolved (resolving each of millions of paths would cost minutes).
+    """
+    if not (out / CONFIG_NAME).exists():
+        found = [n + ("/" if n in _OWNED_DIRS else "") for n in (MANIFEST_NAME, *_OWNED_DIRS) if os.path.lexists(out / n)]
+        if found:
+            raise ExportError(
+                f"--out {out} holds {', '.join(found)} but no {CONFIG_NAME}, so it is not an export directory and the "
+                "export would overwrite or delete what is there; choose another --out"
+            )
+    real_out, root = os.path.realpath(out), str(inputs.root)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_out, real_root]) not in (real_out, real_root):
+        return  # neither folder holds the other
+    owned = {os.path.join(real_out, n): n for n in (*_OWNED_DIRS, CONFIG_NAME, MANIFEST_NAME)}
+    dirs = tuple(os.path.join(real_out, n) + os.sep for n in _OWNED_DIRS)
+    for p in map(str, inputs.paths):
+        q = real_root + p[len(root):] if p.startswith(root) else p
+        if q.startswith(dirs) or q in owned:
+            name = next(n for o, n in owned.items() if q == o or q.startswith(o + os.sep))
+            raise ExportError(
+                f"--out {out}: the input {p} lies in its {name}{'/' if name in _OWNED_DIRS else ''}, which the export "
+                f"writes and clears itself; choose an --out away from the input images"
+            )
+
+
+def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any], lock: OutputLock) -> dict[str, Any]:
+    """Rank 0: list inputs, lock ``out``, check it is ours to write, check/write the export config, clear stale temp files."""
+    inputs = list_inputs(args.input)
+    messages = _lock(out, lock)
+    _check_out_is_ours(out, inputs)
     cfg_path = out / CONFIG_NAME
     if cfg_path.is_file():
         old = {"compute_dtype": "auto", **json.loads(cfg_path.read_text())}  # exports from before --compute-dtype
@@ -215,7 +275,7 @@ def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dic
     notes = inputs.notes[:_MAX_NOTES] + (
         [f"... and {len(inputs.notes) - _MAX_NOTES} more"] if len(inputs.notes) > _MAX_NOTES else []
     )
-    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes,
+    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes, "messages": messages,
             "run_id": f"{time.time_ns():020d}"}  # names the manifest part files only (removed at the end)
 
 
@@ -227,19 +287,32 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ExportError("--batch-size and --writer-threads must be >= 1 and --workers >= 0")
     if args.format == "npz" and args.dtype == "bfloat16":
         raise ExportError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
+    if args.weights and os.path.isdir(args.weights) and os.path.isdir(args.out) and os.path.samefile(args.weights, args.out):
+        raise ExportError(f"--out {args.out} is the checkpoint directory given as --weights; the export would write "
+                          "its files among the checkpoint's: choose another --out")
+
+
+def _resume_note(out: Path, paths: list[str]) -> str:
+    done = read_manifest(out, set(paths), fields=("status",))
+    n = sum(r["status"] == "ok" for r in done.values())
+    return f"run the same command again to resume ({n} of {len(paths)} images done)"
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """Run one export (one rank of it under torchrun); -> counts and timings of this rank."""
-    _check_args(args)
-    transform = make_transform(args.resize, args.size)
+    with user_errors():  # a ValueError while setting up is a bad argument or checkpoint
+        _check_args(args)
+        transform = make_transform(args.resize, args.size)
     dtype = DTYPES[args.dtype]
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
     dist = _Dist(dist_device_type)
+    out = Path(args.out)
+    lock = OutputLock(out)  # taken by rank 0 for the ranks of this run
     try:
-        device = _device(args.device, dist.local_rank, dist.enabled)
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
-        model = model_from_args(args, warn=say)
+        with user_errors():
+            device = _device(args.device, dist.local_rank, dist.enabled)
+            model = model_from_args(args, warn=say)
         compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
         model.to(device=device, dtype=compute)
         strides = dict(zip(model.out_features, model.strides))
@@ -250,36 +323,39 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
                       "config": model.config.to_dict()},
         }
-        out = Path(args.out)
         plan: dict[str, Any] | None = None
         if dist.rank == 0:
             try:
-                plan = _prepare(args, out, config)
+                plan = _prepare(args, out, config, lock)
             except (OSError, ValueError) as e:
                 plan = {"error": str(e)}
         plan = dist.broadcast(plan)
         if "error" in plan:
             raise ExportError(plan["error"])
+        for message in plan["messages"]:
+            say(message)
         for note in plan["notes"]:
             say(f"input: {note}")
 
         root, ext = Path(plan["root"]), FORMATS[args.format]
         items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
         shard = items[dist.rank::dist.world]
-        done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
-        tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
-        writer = _Writer(out, args.format, strides, part, tmp_dir, dist.rank)
-        try:
-            stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
-        finally:
-            part.close()
+        with interrupt_note(lambda: _resume_note(out, plan["paths"]) if dist.rank == 0 else None):
+            done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
+            tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
+            writer = _Writer(out, args.format, strides, part, tmp_dir, dist.rank)
+            try:
+                stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
+            finally:
+                part.close()
 
-        all_stats = dist.gather(stats)
+            all_stats = dist.gather(stats)
+            if dist.rank == 0:
+                outcome = merge_manifest(out)
+                shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
         if dist.rank == 0:
-            outcome = merge_manifest(out)
-            shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
             stats["total"] = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
             failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
             t = stats["total"]
@@ -292,6 +368,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
             stats["failures"] = failures
         return stats
     finally:
+        lock.release()
         dist.close()
 
 
@@ -349,9 +426,5 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"verify: {counts['ok']} files ok ({counts['error']} images recorded as failed) in {args.verify}")
         return 0
-    try:
-        run_export(args)
-    except (ValueError, FileNotFoundError) as e:  # bad arguments, checkpoint or output dir (ExportError, CheckpointError)
-        print(f"convnext-backbone export: error: {e}", file=sys.stderr)
-        return 2
+    run_export(args)  # errors and Ctrl-C: one line each (cli_errors.run_cli)
     return 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..cli_errors import user_errors
 from ..fileio import atomic_write
 from .features import add_model_arguments, extract_features, model_from_args
 from .images import DEFAULT_SIZE, load_image, make_transform
@@ -90,14 +90,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="letterbox side, a multiple of 32 (default: %(default)s)")
 
 
+def _check_format(out: str) -> None:
+    """The figure's format (its suffix) is one matplotlib writes: said before any work, not after."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(out).suffix.lstrip(".").lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ValueError(f"--out {out}: cannot write a .{fmt} figure; use one of {', '.join('.' + k for k in sorted(known))}")
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
+    with user_errors():  # a bad image, size, figure format or checkpoint: one line (cli_errors.run_cli)
+        _check_format(args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
         pixel_values, geometry = make_transform("letterbox", args.size)(image)
-    except (ValueError, OSError) as e:
-        print(f"convnext-backbone show: error: {e}", file=sys.stderr)
-        return 2
     feats = extract_features(model, pixel_values[None])
     model_name = Path(args.weights).name if args.weights else f"{args.preset} (RANDOM weights)"
     title = f"{Path(args.image).name} through {model_name}, letterbox {args.size}"
