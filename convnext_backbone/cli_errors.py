@@ -26,10 +26,11 @@ import contextlib
 import errno
 import os
 import sys
+import traceback
 from typing import Callable, Iterator
 
 __all__ = [
-    "DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "Interrupted", "UserError", "interrupt_note",
+    "DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "Interrupted", "UserError", "config_error", "interrupt_note",
     "is_user_error", "print_user_error", "run_cli", "training_resume_note", "user_errors",
 ]
 
@@ -78,6 +79,22 @@ def user_errors() -> Iterator[None]:
         raise
     except (ValueError, KeyError, OSError) as e:
         raise UserError(_message(e)) from e
+
+
+def config_error(path: str, e: BaseException) -> UserError:
+    """The one line for what reading the config file ``path`` raised (a Python config is the user's
+    code, a YAML one the user's text): the file, the line when known, the problem."""
+    if isinstance(e.__cause__, SyntaxError):  # Detectron2 and mmengine re-raise it with less in the message
+        e = e.__cause__
+    if isinstance(e, SyntaxError) and e.lineno:
+        where = e.filename if e.filename and not e.filename.startswith("<") else path  # ast.parse: "<unknown>"
+        return UserError(f"{where}, line {e.lineno}: {e.msg}")
+    mark = getattr(e, "problem_mark", None)  # YAML
+    if mark is not None:
+        return UserError(f"{mark.name or path}, line {mark.line + 1}: {getattr(e, 'problem', None) or e}")
+    here = os.path.abspath(path)
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == here]
+    return UserError(f"{path}{f', line {lines[-1]}' if lines else ''}: {type(e).__name__}: {_message(e)}")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,8 +124,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except CheckpointError:
         raise
     except Exception as e:  # torch, pickle, zip and safetensors each raise their own types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_why_unreadable(path, e)})") from e
     return _unwrap(state, path), config
+
+
+def _why_unreadable(path: Path, e: Exception) -> str:
+    """One line. torch's own messages run to paragraphs, and for a file that is no checkpoint at
+    all they advise ``weights_only=False``, which would execute whatever the file holds."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if path.suffix not in (".safetensors", ".pkl"):
+        if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+            return "a zip archive as torch.save writes, but cut short: a truncated download or copy?"
+        if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
+            return "neither a zip archive (torch.save) nor a pickle: not a checkpoint file"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "Unsupported" in text:  # torch.load(weights_only=True) met something other than tensors
+        detail = text[text.index("Unsupported"):].split(". ")[0].split("\n")[0]
+        return f"it holds objects that are not loaded, for safety ({detail})"
+    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
 
 
 def _numpy_to_torch(obj: Any) -> Any:

@@ -69,7 +69,11 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             # the core's reader: safetensors, and .pkl through an unpickler that only allows numpy
             state, _ = read_checkpoint(filename)
             return {"model": state, "__author__": "convnext_backbone", "__source__": filename}
-        loaded = super()._load_file(filename)
+        try:
+            loaded = super()._load_file(filename)
+        except Exception:  # fvcore's torch.load: a truncated or non-checkpoint file
+            read_checkpoint(filename)  # the core's reader says what is wrong with it, in one line (CheckpointError)
+            raise
         if not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in loaded["model"].values()):
             # a wrapped state dict ({'state_dict': ...}, {'module': ...}): the core unwraps it
             loaded = {"model": read_checkpoint(filename)[0]}

@@ -13,7 +13,8 @@ periodic checkpoints, evaluation, writers), with the pieces ``convnext-d2-train`
 the CPU fallbacks (``train.device`` cuda -> cpu, AMP off), ``COCOEvaluator(use_fast_impl=False)``
 where Detectron2's compiled ops are missing, and the same distributed behaviour: ``--num-gpus N``
 on a machine without CUDA runs N CPU processes (gloo) through Detectron2's ``launch``.
-Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 2).
+Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 2); Ctrl-C with one
+line naming the last checkpoint and how to continue from it (exit status 130).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import os
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -32,13 +32,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
+from convnext_backbone.cli_errors import config_error
 from convnext_backbone.config import suggestion
 from convnext_backbone.fileio import atomic_write
 
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
 from .checkpoint import ConvNextCheckpointer
 from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
-from .train_net import ProgressBar, _register_datasets
+from .train_net import ProgressBar, _register_datasets, check_datasets, check_weights
 
 __all__ = ["load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY"]
 
@@ -129,7 +130,10 @@ def load_config(args):
     if not os.path.isfile(args.config_file):
         raise UserError(f"config file not found: {args.config_file}")
     check_no_flags_in_overrides(args.opts)
-    cfg = LazyConfig.load(args.config_file)
+    try:
+        cfg = LazyConfig.load(args.config_file)
+    except Exception as e:  # the config is the user's Python: any error in it is theirs
+        raise config_error(args.config_file, e) from e
     opts = list(args.opts or [])
     _check_override_keys(cfg, opts)
     try:
@@ -148,27 +152,18 @@ def _names(dataset_cfg) -> list[str]:
 
 
 def preflight(args, cfg) -> None:
-    """As ``convnext-d2-train``'s: datasets registered, batch splits over the processes, model builds (meta)."""
+    """As ``convnext-d2-train``'s: batch splits over the processes, weights to start from, model
+    builds (meta), datasets registered with their files."""
     _register_datasets(args)
-    known = set(DatasetCatalog.list())
-    loaders = ("test",) if args.eval_only else ("train", "test")
-    for split in loaders:
-        for name in _names(cfg.dataloader.get(split, {}).get("dataset")):
-            if name not in known:
-                raise UserError(
-                    f"dataloader.{split}.dataset.names: dataset {name!r} is not registered; register a COCO-format "
-                    f"dataset with --register-coco {name} JSON IMAGE_ROOT"
-                )
     world = args.num_gpus * args.num_machines
     batch = cfg.dataloader.train.get("total_batch_size")
     if not args.eval_only and batch and batch % world:
         raise UserError(f"dataloader.train.total_batch_size {batch} does not split evenly over {world} processes")
-    weights = cfg.train.get("init_checkpoint", "")
-    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
-    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
-        raise UserError(f"train.init_checkpoint not found: {weights}")
+    check_weights("train.init_checkpoint", cfg.train.get("init_checkpoint", ""), cfg.train.output_dir, args)
     with torch.device("meta"):
         instantiate(cfg.model)
+    for split in ("test",) if args.eval_only else ("train", "test"):
+        check_datasets(f"dataloader.{split}.dataset.names", _names(cfg.dataloader.get(split, {}).get("dataset")), "")
 
 
 def _evaluate(cfg, model):
@@ -274,9 +269,10 @@ def main(argv=None) -> int:
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
 
-    def check():
+    def check() -> str:
         cfg, _ = load_config(args)
         preflight(args, cfg)
+        return cfg.train.output_dir
 
     return launch_cli(PROG, check, _worker, args)
 

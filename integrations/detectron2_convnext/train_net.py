@@ -12,8 +12,10 @@ machine without CUDA, ``--num-gpus N`` runs N CPU processes (gloo) through the s
 (see ``detectron2_convnext.distributed``). ``--register-coco NAME JSON IMAGE_ROOT`` registers a
 COCO-format dataset in every worker. Evaluation results are also written to
 ``OUTPUT_DIR/eval_results.json``. A configuration mistake (unknown key, bad value, missing file,
-unregistered dataset, weights that do not fit) stops with one ``convnext-d2-train: error: ...``
-line and exit status 2; ``CONVNEXT_DEBUG=1`` shows the traceback instead.
+unregistered dataset or one whose files are missing, weights that do not fit or are not a
+checkpoint) stops with one ``convnext-d2-train: error: ...`` line and exit status 2;
+``CONVNEXT_DEBUG=1`` shows the traceback instead. Ctrl-C stops with one line naming the last
+checkpoint and how to continue from it (exit status 130).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ import re
 import weakref
 
 import torch
+import yaml
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
@@ -34,6 +37,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
+from convnext_backbone.cli_errors import config_error
 from convnext_backbone.config import suggestion
 from convnext_backbone.fileio import atomic_write
 
@@ -165,6 +169,8 @@ def load_config(args):
         if args.config_file:
             cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
+    except yaml.YAMLError as e:
+        raise config_error(args.config_file, e) from e
     except (KeyError, AssertionError) as e:  # yacs checks overrides with assert (odd-length list, unknown key)
         msg = str(e.args[0]) if e.args else str(e)
         unknown = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
@@ -188,22 +194,50 @@ def _register_datasets(args) -> None:
         register_coco(name, json_file, image_root)
 
 
+# where registered datasets keep their files (Detectron2's COCO, LVIS, Cityscapes, VOC, ADE20K metadata)
+_DATASET_PATHS = ("json_file", "image_root", "panoptic_json", "panoptic_root", "sem_seg_root", "image_dir", "gt_dir", "dirname")
+
+
+def check_datasets(key: str, names, example: str) -> None:
+    """Each dataset is registered, and the files its registration names exist: a built-in name such
+    as ``coco_2017_val`` is registered whether or not ``$DETECTRON2_DATASETS`` holds its data."""
+    known = set(DatasetCatalog.list())
+    for name in names:
+        if name not in known:
+            raise UserError(
+                f"{key}: dataset {name!r} is not registered; register a COCO-format dataset with "
+                f"--register-coco {name} JSON IMAGE_ROOT{example}"
+            )
+        meta = MetadataCatalog.get(name)
+        for attr in _DATASET_PATHS:
+            path = meta.get(attr)
+            if isinstance(path, (str, os.PathLike)) and path and not os.path.exists(path):
+                raise UserError(
+                    f"{key}: dataset {name!r} is registered, but its {attr} {path} does not exist (Detectron2's built-in "
+                    f"datasets are read from $DETECTRON2_DATASETS, default ./datasets); put the data there, or register "
+                    f"your copy with --register-coco {name} JSON IMAGE_ROOT"
+                )
+
+
+def check_weights(key: str, weights: str, output_dir: str, args) -> None:
+    """A local checkpoint to start from exists, and ``--eval-only`` has weights to evaluate."""
+    resuming = args.resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
+    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
+        raise UserError(f"{key} not found: {weights}")
+    if args.eval_only and not weights and not resuming:
+        raise UserError(f"--eval-only with no weights would evaluate a randomly initialised model: set {key} "
+                        f"(e.g. {os.path.join(output_dir, 'model_final.pth')}), or --resume from {output_dir}/last_checkpoint")
+
+
 def preflight(args, cfg) -> None:
     """Checks that stop a bad job in the launching process, before any worker starts.
 
-    The datasets are registered, ``SOLVER.IMS_PER_BATCH`` splits evenly over the processes,
-    a local ``MODEL.WEIGHTS`` exists, and the model builds (on the meta device: no memory, no
-    init), so backbone / head config mistakes surface here as one line.
+    ``SOLVER.IMS_PER_BATCH`` splits evenly over the processes, a local ``MODEL.WEIGHTS`` exists
+    (``--eval-only`` has weights to evaluate), the model builds (on the meta device: no memory,
+    no init), so backbone / head config mistakes surface here as one line, and last, the
+    datasets are registered and their files are there.
     """
     _register_datasets(args)
-    known = set(DatasetCatalog.list())
-    for key in (("DATASETS.TEST",) if args.eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")):
-        for name in cfg.DATASETS.get(key.split(".")[1]):
-            if name not in known:
-                raise UserError(
-                    f"{key}: dataset {name!r} is not registered; register a COCO-format dataset with "
-                    f"--register-coco {name} JSON IMAGE_ROOT (or use a name Detectron2 knows, e.g. coco_2017_train)"
-                )
     world = args.num_gpus * args.num_machines
     if not args.eval_only:
         try:  # SOLVER.REFERENCE_WORLD_SIZE: Detectron2 rescales the batch to the world size first
@@ -215,12 +249,11 @@ def preflight(args, cfg) -> None:
                 f"SOLVER.IMS_PER_BATCH {batch} (the total over all processes) does not split evenly over "
                 f"{world} processes (--num-gpus {args.num_gpus} x --num-machines {args.num_machines})"
             )
-    weights = cfg.MODEL.WEIGHTS
-    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
-        raise UserError(f"MODEL.WEIGHTS not found: {weights}")
+    check_weights("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args)
     with torch.device("meta"):
         META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    for key in (("DATASETS.TEST",) if args.eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")):
+        check_datasets(key, cfg.DATASETS.get(key.split(".")[1]), " (or use a name Detectron2 knows, e.g. coco_2017_train)")
 
 
 def setup(args):
@@ -288,14 +321,15 @@ def main(argv=None, *, trainer_class=Trainer):
     """``convnext-d2-train``: parse, check, then hand over to Detectron2's ``launch``.
 
     ``trainer_class``: a subclass of ``Trainer`` (e.g. with extra hooks) to run instead.
-    Returns the exit status (0, or 2 after a one-line error).
+    Returns the exit status (0, 2 after a one-line error, 130 after Ctrl-C).
     """
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
 
-    def check():
+    def check() -> str:
         cfg, _ = load_config(args)
         preflight(args, cfg)
+        return cfg.OUTPUT_DIR
 
     return launch_cli(PROG, check, _worker, args, trainer_class)
 
