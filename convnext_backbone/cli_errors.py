@@ -38,6 +38,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEBUG_ENV = "CONVNEXT_DEBUG"
 DEBUG_HINT = f"(set {DEBUG_ENV}=1 for the traceback)"
+_GENERIC_NOTE = "files are written whole or not at all; run the same command again"
 
 # errors of the file system, not of the program: reported as one line naming the path
 _FILE_SYSTEM_ERRNOS = frozenset(
@@ -78,6 +79,8 @@ def user_errors() -> Iterator[None]:
     except UserError:
         raise
     except (ValueError, KeyError, OSError) as e:
+        if os.environ.get(DEBUG_ENV):
+            raise  # the original, with its own type, for the traceback
         raise UserError(_message(e)) from e
 
 
@@ -112,10 +115,7 @@ def interrupt_note(note: Callable[[], str | None]) -> Iterator[None]:
             text = note()
         except Exception:
             text = _GENERIC_NOTE
-        raise Interrupted(text) from None
-
-
-_GENERIC_NOTE = "files are written whole or not at all; run the same command again"
+        raise Interrupted(text).with_traceback(sys.exc_info()[2]) from None  # where it was interrupted, for CONVNEXT_DEBUG
 
 
 def print_user_error(prog: str, e: BaseException, prefix: str = "") -> None:
@@ -143,14 +143,13 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
 def training_resume_note(work_dir: str, resuming: bool, resume_flag: str = "add --resume to the same command") -> str:
     """Where the last checkpoint is (``WORK_DIR/last_checkpoint``, as Detectron2 and mmengine both
     write it) and how to continue from it."""
-    last = None
     try:
         with open(os.path.join(work_dir, "last_checkpoint"), encoding="utf-8") as f:
             name = f.read().strip()
-        if name and os.path.isfile(os.path.join(work_dir, name)):
-            last = os.path.join(work_dir, name)  # Detectron2 records a name, mmengine a path
     except OSError:
-        pass
+        name = ""
+    # Detectron2 records a name in work_dir, mmengine a path
+    last = next((p for p in (os.path.join(work_dir, name), name) if name and os.path.isfile(p)), None)
     if last is None:
         return f"no checkpoint was saved in {work_dir} yet; run the same command again to start over"
     how = "run the same command again" if resuming else resume_flag

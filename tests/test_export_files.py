@@ -201,6 +201,7 @@ def test_rerun_on_a_read_only_out_is_one_line(weights, images, tmp_path):
     before = _tree(out)
     prefix = _read_only(out)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CONVNEXT_DEBUG", None)
     run = subprocess.run([*prefix, sys.executable, "-m", "convnext_backbone.cli", *_export(weights, images, out)],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]

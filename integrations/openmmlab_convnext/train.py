@@ -6,7 +6,8 @@ Same flags as the frameworks' own ``tools/train.py`` (``--work-dir``, ``--resume
 mixes in ``openmmlab_convnext.runner.ConvNeXtRunnerMixin``): resume works under torch's
 ``weights_only=True`` default without turning it off, torchrun works on CPU, and configuration
 mistakes stop before training with one ``PROG: error: ...`` line instead of a shape error deep
-in a forward pass.
+in a forward pass. Ctrl-C stops with one line naming the last checkpoint and how to continue
+from it (exit status 130); both through ``convnext_backbone.cli_errors``, as every command here.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import argparse
 import logging
 import os
 import os.path as osp
-import sys
 from typing import Any, Sequence
 
 __all__ = ["build_parser", "load_config", "preflight", "main"]
@@ -47,9 +47,14 @@ def load_config(args: argparse.Namespace):
     from mmengine.config import Config
     from mmengine.logging import print_log
 
+    from convnext_backbone.cli_errors import config_error
+
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"config file not found: {args.config}")
-    cfg = Config.fromfile(args.config)
+    try:
+        cfg = Config.fromfile(args.config)
+    except Exception as e:  # the config is the user's Python: any error in it is theirs
+        raise config_error(args.config, e) from e
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -123,26 +128,32 @@ def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models:
     """Parse, check, build the Runner (``runner_cls`` unless the config names another) and train."""
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from convnext_backbone import CheckpointError
+    from convnext_backbone.cli_errors import interrupt_note, run_cli, training_resume_note, user_errors
 
-    runner = None
-    try:
-        cfg = load_config(args)
-        preflight(cfg, models, default_scope)
-        if cfg.get("runner_type") in (None, runner_cls.__name__, f"{default_scope}.{runner_cls.__name__}"):
-            runner = runner_cls.from_cfg(cfg)
-        else:
-            runner = runners.build(cfg)  # the user's choice of Runner: their resume semantics
-        runner.train()
-    except (ValueError, FileNotFoundError, CheckpointError, KeyError) as e:
-        if os.environ.get("CONVNEXT_DEBUG"):
-            raise
-        print(f"{parser.prog}: error: {e}\n(set CONVNEXT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-    finally:
+    def resume_note(work_dir: str) -> str | None:
+        if int(os.environ.get("RANK", "0")):
+            return None  # said once, by rank 0
+        how = "add --resume to the same command" if args.resume is None else "run the same command with --resume and no path"
+        return training_resume_note(work_dir, args.resume == "auto", how)
+
+    def body() -> int:
         runner = None
-        _close_process_group()
-    return 0
+        try:
+            with user_errors():  # config mistakes surface while the Runner builds and starts, too
+                cfg = load_config(args)
+                preflight(cfg, models, default_scope)
+                with interrupt_note(lambda: resume_note(cfg.work_dir)):
+                    if cfg.get("runner_type") in (None, runner_cls.__name__, f"{default_scope}.{runner_cls.__name__}"):
+                        runner = runner_cls.from_cfg(cfg)
+                    else:
+                        runner = runners.build(cfg)  # the user's choice of Runner: their resume semantics
+                    runner.train()
+        finally:
+            runner = None
+            _close_process_group()
+        return 0
+
+    return run_cli(parser.prog, body)
 
 
 def _close_process_group() -> None:
