@@ -12,10 +12,12 @@ from it (exit status 130); both through ``convnext_backbone.cli_errors``, as eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import os.path as osp
-from typing import Any, Sequence
+import re
+from typing import Any, Iterator, Sequence
 
 __all__ = ["build_parser", "load_config", "preflight", "main"]
 
@@ -87,21 +89,45 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
+def _config_keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(map(str, node)).union(*(_config_keys(v) for v in node.values()))
+    if isinstance(node, (list, tuple)):
+        return set().union(*(_config_keys(v) for v in node))
+    return set()
+
+
+@contextlib.contextmanager
+def config_arguments(cfg) -> Iterator[None]:
+    """mmengine builds each object from a config dict (``cls(**args)``, passed on through
+    ``**kwargs``): a ``TypeError`` for an unexpected keyword that is a key of the config is a key
+    the class does not take, a mistake in the config, reported as one line."""
+    try:
+        yield
+    except TypeError as e:
+        m = re.search(r"got an unexpected keyword argument '(\w+)'", str(e))
+        if not m or m.group(1) not in _config_keys(cfg.to_dict()) or os.environ.get("CONVNEXT_DEBUG"):
+            raise
+        from convnext_backbone.cli_errors import UserError
+
+        raise UserError(f"{e} (a key in the config or --cfg-options that it does not take?)") from e
+
+
 def preflight(cfg, models: Any, default_scope: str) -> None:
     """Build the model on the meta device (no memory, no init) and check it before any work.
 
-    Config mistakes (unknown arch, bad out_indices, neck/head in_channels that do not match the
-    backbone, AMP asked for on a machine without a GPU, a truncated checkpoint to resume from)
-    then stop in a second, before the Runner collects the environment, creates the work dir and
-    builds data loaders. (The Runner checks the resume checkpoint again, for the frameworks' own
-    ``tools/train.py``.)
+    Config mistakes (unknown arch, bad out_indices, an argument a model part does not take,
+    neck/head in_channels that do not match the backbone, AMP asked for on a machine without a
+    GPU, a truncated checkpoint to resume from) then stop in a second, before the Runner
+    collects the environment, creates the work dir and builds data loaders. (The Runner checks
+    the resume checkpoint again, for the frameworks' own ``tools/train.py``.)
     """
     import torch
     from mmengine.registry import DefaultScope
 
     from convnext_backbone import CheckpointError
 
-    from .runner import check_in_channels, resume_problem
+    from .runner import check_in_channels, checkpoint_problem, resume_problem
 
     if cfg.get("resume"):
         target = cfg.get("load_from")
@@ -112,6 +138,10 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
         problem = resume_problem(target) if target else None
         if problem:
             raise CheckpointError(problem)
+    elif cfg.get("load_from") and "://" not in str(cfg.load_from):  # weights to start from, checked the same way
+        problem = checkpoint_problem(cfg.load_from)
+        if problem:
+            raise CheckpointError(f"load_from {cfg.load_from}: {problem}")
 
     wrapper = cfg.get("optim_wrapper") or {}
     if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
@@ -119,7 +149,8 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
                          "runs on GPUs only; on this machine add --no-amp")
     # the config's scope for this build only: a library call leaves mmengine's global scope alone
     with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"):
-        model = models.build(cfg.model)
+        with config_arguments(cfg):
+            model = models.build(cfg.model)
     check_in_channels(model)
 
 
@@ -142,7 +173,7 @@ def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models:
             with user_errors():  # config mistakes surface while the Runner builds and starts, too
                 cfg = load_config(args)
                 preflight(cfg, models, default_scope)
-                with interrupt_note(lambda: resume_note(cfg.work_dir)):
+                with interrupt_note(lambda: resume_note(cfg.work_dir)), config_arguments(cfg):
                     if cfg.get("runner_type") in (None, runner_cls.__name__, f"{default_scope}.{runner_cls.__name__}"):
                         runner = runner_cls.from_cfg(cfg)
                     else:
