@@ -59,9 +59,10 @@ def find_convnext(model: torch.nn.Module) -> tuple[str, ConvNextBackbone]:
     return (name + "." if name else ""), module
 
 
-# core field -> MODEL.CONVNEXT key, so that an error names the key the YAML sets
+# core field -> MODEL.CONVNEXT key, so that an error names the key the YAML sets (out_features keeps
+# the HF contract's name, which the stage-selection messages of every adapter share)
 _CFG_KEYS = {
-    "depths": "DEPTHS", "dims": "DIMS", "hidden_sizes": "DIMS", "version": "VERSION", "out_features": "OUT_FEATURES",
+    "depths": "DEPTHS", "dims": "DIMS", "hidden_sizes": "DIMS", "version": "VERSION",
     "drop_path_rate": "DROP_PATH_RATE", "frozen_stages": "FROZEN_STAGES", "norm_outputs": "NORM_OUTPUTS",
     "gradient_checkpointing": "GRADIENT_CHECKPOINTING", "layer_scale_init_value": "LAYER_SCALE_INIT_VALUE",
 }
