@@ -150,7 +150,7 @@ def closest(name: str, choices, what: str) -> str:
 
 def _integer(field: str, value: Any) -> int:
     """``int(value)`` for an integral value; ``frozen_stages=1.5`` or ``"2"`` is an error, not 1 or 2."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Number) or not math.isfinite(value) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value != int(value):
         raise ValueError(f"{field} must be an integer, got {value!r}")
     return int(value)
 
