@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_not_overwriting
 from .features import add_model_arguments, extract_features, model_from_args
 from .images import DEFAULT_SIZE, load_image, make_transform
 
@@ -92,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_not_overwriting([args.image, args.weights], args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
         pixel_values, geometry = make_transform("letterbox", args.size)(image)
