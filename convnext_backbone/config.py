@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .fileio import atomic_write
 
@@ -149,9 +150,95 @@ def closest(name: str, choices, what: str) -> str:
 
 def _integer(field: str, value: Any) -> int:
     """``int(value)`` for an integral value; ``frozen_stages=1.5`` or ``"2"`` is an error, not 1 or 2."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Number) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value != int(value):
         raise ValueError(f"{field} must be an integer, got {value!r}")
     return int(value)
+
+
+class _Range:
+    """An allowed interval, written as the messages say it: ``>= 1``, ``> 0``, ``in [0, 1)``."""
+
+    def __init__(self, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def __contains__(self, v: float) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return math.isfinite(v) and above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def _whole(field: str, value: Any, allowed: _Range, why: str) -> int:
+    value = _integer(field, value)
+    if value not in allowed:
+        raise ValueError(f"{field} must be an integer {allowed} ({why}), got {value}")
+    return value
+
+
+def _wholes(field: str, value: Any, allowed: _Range, why: str) -> list[int]:
+    """A list of integers, one per stage (a tuple, a ListConfig, ... are read as lists)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or isinstance(value, Mapping):
+        raise ValueError(f"{field} must be a list of integers {allowed}, one per stage ({why}), got {value!r}")
+    values = [_integer(field, v) for v in value]
+    if not values or any(v not in allowed for v in values):
+        raise ValueError(f"{field} must be a list of integers {allowed}, one per stage ({why}), got {values}")
+    return values
+
+
+def _real(field: str, value: Any, allowed: _Range, why: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or float(value) not in allowed:
+        what = "a number " if allowed.high is None else ""
+        raise ValueError(f"{field} must be {what}{allowed} ({why}), got {value!r}")
+    return float(value)
+
+
+def _flag(field: str, value: Any, why: str) -> bool:
+    """True/False (1/0 too, as YAML and JSON may give); a string such as ``"false"`` is an error, not True."""
+    if isinstance(value, (str, bytes)) or value is None or value not in (True, False):
+        raise ValueError(f"{field} must be True or False ({why}), got {value!r}")
+    return bool(value)
+
+
+def _activation(field: str, value: Any) -> str:
+    if value != "gelu":
+        raise ValueError(f"{field} must be 'gelu' (the only activation ConvNeXt uses), got {value!r}")
+    return value
+
+
+_AT_LEAST_1 = _Range(1)
+_NON_NEGATIVE = _Range(0)
+# Every field's own rule (type and range), applied at construction and on every later
+# assignment; rules between fields (lengths, frozen_stages, V2 layer scale) are in `_validate`.
+_FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "num_channels": lambda f, v: _whole(f, v, _AT_LEAST_1, "channels of the input image"),
+    "patch_size": lambda f, v: _whole(f, v, _AT_LEAST_1, "kernel size and stride of the stem"),
+    "num_stages": lambda f, v: _whole(f, v, _AT_LEAST_1, "number of stages"),
+    "hidden_sizes": lambda f, v: _wholes(f, v, _AT_LEAST_1, "channels of each stage"),
+    # A stage is its blocks: one without blocks has no `stages.i.*` tensor in any checkpoint layout.
+    "depths": lambda f, v: _wholes(f, v, _AT_LEAST_1, "blocks of each stage"),
+    "hidden_act": _activation,
+    "initializer_range": lambda f, v: _real(f, v, _NON_NEGATIVE, "std of the truncated-normal weight init"),
+    "layer_norm_eps": lambda f, v: _real(f, v, _Range(0, low_open=True), "added to the variance in LayerNorm"),
+    "layer_scale_init_value": lambda f, v: _real(f, v, _NON_NEGATIVE, "initial layer scale; 0 = no layer scale"),
+    "drop_path_rate": lambda f, v: _real(f, v, _Range(0, 1, high_open=True), "stochastic depth, rising linearly over the blocks to this rate"),
+    "image_size": lambda f, v: _whole(f, v, _AT_LEAST_1, "the pre-training image size, metadata only"),
+    "frozen_stages": lambda f, v: _integer(f, v),  # its range depends on num_stages: `_validate`
+    "num_labels": lambda f, v: _whole(f, v, _AT_LEAST_1, "classes of the classification head"),
+    "norm_outputs": lambda f, v: _flag(f, v, "a LayerNorm on each returned map"),
+    "gradient_checkpointing": lambda f, v: _flag(f, v, "recompute each block in backward"),
+    "channels_last": lambda f, v: _flag(f, v, "NHWC activations inside"),
+    "output_hidden_states": lambda f, v: _flag(f, v, "forward's default for output_hidden_states"),
+}
+
+
+def in_callers_terms(message: str, names: Mapping[str, str]) -> str:
+    """A core error message in an adapter's vocabulary: each core field name (a whole word) becomes
+    the key the user wrote, e.g. ``num_channels`` -> ``in_channels`` for the OpenMMLab backbone."""
+    return re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m: names[m.group(1)], message)
 
 
 # Keys of a transformers config.json that are not ConvNeXt fields (PretrainedConfig's generic
@@ -216,41 +303,63 @@ class ConvNextConfig:
         if unknown:
             k = unknown[0]
             raise ValueError(f"unknown {type(self).__name__} field {k!r}{closest(k, self._fields + ('out_features', 'out_indices'), 'the fields')}")
-        self.num_channels = _integer("num_channels", num_channels)
-        self.patch_size = _integer("patch_size", patch_size)
-        self.num_stages = _integer("num_stages", num_stages)
-        self.hidden_sizes = [_integer("hidden_sizes", h) for h in hidden_sizes]
-        self.depths = [_integer("depths", d) for d in depths]
+        # each assignment checks its field (__setattr__); _validate then checks them together
+        self.num_channels = num_channels
+        self.patch_size = patch_size
+        self.num_stages = num_stages
+        self.hidden_sizes = hidden_sizes
+        self.depths = depths
         self.hidden_act = hidden_act
-        self.initializer_range = float(initializer_range)
-        self.layer_norm_eps = float(layer_norm_eps)
-        self.layer_scale_init_value = float(layer_scale_init_value)
-        self.drop_path_rate = float(drop_path_rate)
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
         self.image_size = image_size
-        self.norm_outputs = bool(norm_outputs)
-        self.frozen_stages = _integer("frozen_stages", frozen_stages)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
-        self.channels_last = bool(channels_last)
+        self.norm_outputs = norm_outputs
+        self.frozen_stages = frozen_stages
+        self.gradient_checkpointing = gradient_checkpointing
+        self.channels_last = channels_last
         # HF classification configs carry the label count as id2label.
-        self.num_labels = len(unused["id2label"]) if "id2label" in unused else _integer("num_labels", num_labels)
-        self.output_hidden_states = bool(output_hidden_states)  # the default of forward's argument, as in transformers
+        self.num_labels = len(unused["id2label"]) if "id2label" in unused else num_labels
+        self.output_hidden_states = output_hidden_states  # the default of forward's argument, as in transformers
         self._validate()
         self.stage_names = stage_names_for(self.num_stages)
         self._out_features, self._out_indices = resolve_out_features_out_indices(out_features, out_indices, self.stage_names)
+        self._complete = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A field is checked where it is set, in the constructor and afterwards (``cfg.depths = [...]``):
+        a config never holds a value no model can have, and the error names the field."""
+        rule = _FIELD_RULES.get(name)
+        if rule is None:
+            return object.__setattr__(self, name, value)
+        value = rule(name, value)
+        if not self.__dict__.get("_complete"):
+            return object.__setattr__(self, name, value)
+        old = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try:
+            self._validate()
+        except ValueError:
+            object.__setattr__(self, name, old)
+            raise
 
     def _validate(self) -> None:
+        """The rules between fields (each field's own rule ran when it was set)."""
         if len(self.hidden_sizes) != self.num_stages or len(self.depths) != self.num_stages:
             raise ValueError(
                 f"hidden_sizes ({self.hidden_sizes}) and depths ({self.depths}) must both have num_stages={self.num_stages} entries"
+                + ("; to change the number of stages, make a new config: "
+                   "config.copy(num_stages=..., depths=[...], hidden_sizes=[...], out_features=[...])" if self.__dict__.get("_complete") else "")
             )
-        if self.hidden_act not in ("gelu",):
-            raise ValueError(f"hidden_act must be 'gelu' (the only activation ConvNeXt uses), got {self.hidden_act!r}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not -1 <= self.frozen_stages <= self.num_stages:
-            raise ValueError(f"frozen_stages must be in [-1, {self.num_stages}], got {self.frozen_stages}")
-        if self.num_channels < 1 or self.patch_size < 1:
-            raise ValueError(f"num_channels and patch_size must be positive, got {self.num_channels}, {self.patch_size}")
+            raise ValueError(
+                f"frozen_stages must be in [-1, {self.num_stages}] (-1 none, 0 the stem, k the stem and stages 1..k), got {self.frozen_stages}"
+            )
+        if self.uses_grn and self.layer_scale_init_value:
+            raise ValueError(
+                f"ConvNeXt V2 has no layer scale (GRN replaces it); layer_scale_init_value must be 0, got {self.layer_scale_init_value}"
+            )
 
     # HF-style properties: setting one re-derives the other.
     @property
@@ -344,11 +453,7 @@ class ConvNextV2Config(ConvNextConfig):
     uses_grn = True
 
     def __init__(self, *args: Any, layer_scale_init_value: float = 0.0, **kwargs: Any):
-        if layer_scale_init_value:
-            raise ValueError(
-                f"ConvNeXt V2 has no layer scale (GRN replaces it); layer_scale_init_value must be 0, got {layer_scale_init_value}"
-            )
-        super().__init__(*args, layer_scale_init_value=0.0, **kwargs)
+        super().__init__(*args, layer_scale_init_value=layer_scale_init_value, **kwargs)  # must be 0: `_validate`
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -395,7 +500,8 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
     if isinstance(arch, dict):
         arch = dict(arch)
         depths, dims, hidden = arch.pop("depths", None), arch.pop("dims", None), arch.pop("hidden_sizes", None)
-        if dims is not None and hidden is not None and list(dims) != list(hidden):
+        widths = _FIELD_RULES["hidden_sizes"]
+        if dims is not None and hidden is not None and widths("dims", dims) != widths("hidden_sizes", hidden):
             raise ValueError(f"arch gives both dims={dims} and hidden_sizes={hidden}; give one of them")
         dims = dims if dims is not None else hidden
         if arch:
@@ -405,7 +511,8 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
                 "arch as a dict needs both 'depths' and 'dims' (or 'hidden_sizes'), e.g. "
                 f"dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768]); got depths={depths}, dims={dims}"
             )
-        return model_type or "convnext", {"depths": [int(d) for d in depths], "hidden_sizes": [int(h) for h in dims]}
+        width = "dims" if hidden is None else "hidden_sizes"  # the error names the key the caller wrote
+        return model_type or "convnext", {"depths": _FIELD_RULES["depths"]("depths", depths), "hidden_sizes": widths(width, dims)}
     if not isinstance(arch, str):
         raise ValueError(f"arch must be a preset name such as 'convnext_tiny' / 'convnextv2_atto' or a dict(depths, dims), got {arch!r}")
     key = arch.strip().lower().replace("-", "_")
@@ -460,7 +567,7 @@ def config_from_arch(
     kwargs: dict[str, Any] = dict(shape, num_stages=len(shape["depths"]))
     if layer_scale_init_value is not None:
         if model_type == "convnext":
-            kwargs["layer_scale_init_value"] = float(layer_scale_init_value)
+            kwargs["layer_scale_init_value"] = layer_scale_init_value
         elif layer_scale_init_value and not layer_scale_v1_only:
             raise ValueError(
                 f"layer_scale_init_value={layer_scale_init_value} is not allowed for ConvNeXt V2 "

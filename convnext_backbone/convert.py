@@ -29,9 +29,11 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "convert_state_dict",
+    "describe_mismatch",
     "detect_format",
     "infer_config",
     "load_checkpoint",
+    "match_converted",
     "read_checkpoint",
     "save_pretrained",
     "from_pretrained",
@@ -401,11 +403,12 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def errors(self) -> list[str]:
-        """Shape mismatches first: they say most about what went wrong (another architecture)."""
-        lines = [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched]
-        lines += [f"missing from checkpoint: {k}" for k in self.missing]
-        lines += [f"unexpected key in checkpoint: {k}" for k in self.unexpected]
+    def errors(self, prefix: str = "") -> list[str]:
+        """Shape mismatches first: they say most about what went wrong (another architecture).
+        ``prefix``: where the model sits in a larger one (``backbone.bottom_up.``), put before each key."""
+        lines = [f"shape mismatch for {prefix}{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched]
+        lines += [f"missing from checkpoint: {prefix}{k}" for k in self.missing]
+        lines += [f"unexpected key in checkpoint: {prefix}{k}" for k in self.unexpected]
         return lines
 
     def summary(self) -> str:
@@ -462,11 +465,13 @@ def _architectures(conv: Conversion, model: nn.Module) -> str:
     return f"checkpoint is {theirs}, model is {ours}. " if theirs != ours else ""
 
 
-def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",
-                   hint: str | None = STRICT_HINT) -> LoadReport:
-    """Load a converted state dict; with ``strict`` any real mismatch raises ``CheckpointError``
-    naming both architectures when they differ, then the keys (shape mismatches first), then ``hint``
-    (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint)."""
+def match_converted(model: nn.Module, conv: Conversion) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """What loading ``conv`` into ``model`` would do, without doing it: the report, and the tensors that fit.
+
+    Every tensor of the checkpoint is used, or dropped for a stated reason (a classifier head in
+    a backbone, an output norm not returned), or an error: a key the model lacks (a deeper stage,
+    an extra stage, layer scale into a model without it) is ``unexpected``, never ignored.
+    """
     report = LoadReport(conv.source_format, dropped=list(conv.dropped), unexpected=list(conv.unknown))
     own = model.state_dict()
     to_load: dict[str, torch.Tensor] = {}
@@ -489,13 +494,28 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
             report.initialized.append(k)
         elif not any(k == m for m, _, _ in report.mismatched):
             report.missing.append(k)
+    return report, to_load
+
+
+def describe_mismatch(report: LoadReport, conv: Conversion, model: nn.Module, prefix: str = "") -> str:
+    """``checkpoint is <arch>, model is <arch>. N problem(s):`` and the first 20 (keys under ``prefix``)."""
+    errs = report.errors(prefix)
+    shown = "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
+    return f"{_architectures(conv, model)}{len(errs)} problem(s):\n  {shown}"
+
+
+def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",
+                   hint: str | None = STRICT_HINT) -> LoadReport:
+    """Load a converted state dict; with ``strict`` any real mismatch raises ``CheckpointError``
+    naming both architectures when they differ, then the keys (shape mismatches first), then ``hint``
+    (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint)."""
+    report, to_load = match_converted(model, conv)
     if strict and not report.ok:
-        errs = report.errors()
-        shown = "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
         raise CheckpointError(
-            f"{source} ({conv.source_format} layout) does not match {type(model).__name__}: {_architectures(conv, model)}"
-            f"{len(errs)} problem(s):\n  {shown}" + (f"\n{hint}" if hint else "")
+            f"{source} ({conv.source_format} layout) does not match {type(model).__name__}: {describe_mismatch(report, conv, model)}"
+            + (f"\n{hint}" if hint else "")
         )
+    own = model.state_dict()
     with torch.no_grad():
         for k, v in to_load.items():
             own[k].copy_(v.to(own[k].dtype))
@@ -507,6 +527,13 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
 # save / from_pretrained
 # ---------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``save_directory``, atomically.
+
+    Also into the directory the model was loaded from (fine-tune, then save back: the usual
+    transformers workflow): the caller named that directory, and the whole model is in memory.
+    What refuses to write over its input is every command with a SRC and a DST (``convert``,
+    ``export-onnx``, ...: ``fileio.check_not_overwriting``), whose output keeps only part of SRC.
+    """
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from .convert import CheckpointError, describe_conversion, infer_config, load_converted, open_checkpoint
+from .fileio import check_not_overwriting
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="checkpoint file or directory (official, FCMAE, det/seg, HF, timm, mmpretrain, Detectron2 .pkl, ours) or a hub id")
-    p.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    p.add_argument("dst", help="output directory (config.json + model.safetensors); not SRC, nor the directory SRC is in")
     p.add_argument("--to", choices=["backbone", "classifier"], default="backbone",
                    help="backbone (default) drops a classifier head; classifier keeps head and final norm")
     p.add_argument("--out-features", default=None,
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_destination(args.dst)
+        check_not_overwriting([args.src], args.dst, directory=True)
         local, conv, config_dict = open_checkpoint(args.src)
+        check_not_overwriting([local], args.dst, directory=True)  # a hub id is a local snapshot only now
         print(describe_conversion(conv), end="")
         overrides: dict = {}
         if args.to == "backbone":

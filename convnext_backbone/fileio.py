@@ -6,9 +6,9 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["atomic_write", "default_file_mode", "safetensors_bytes"]
+__all__ = ["atomic_write", "check_not_overwriting", "default_file_mode", "safetensors_bytes"]
 
 
 def default_file_mode() -> int:
@@ -69,3 +69,54 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
     header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)
     return struct.pack("<Q", len(header)) + header + data[8 + n:]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file behind ``path`` (links followed), or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_overwriting(sources: Iterable[str | os.PathLike | None], destination: str | os.PathLike, *,
+                          directory: bool = False) -> None:
+    """Raise ``ValueError`` when writing ``destination`` could destroy one of ``sources``.
+
+    The one check of every command that reads SRC and writes DST (``convert``, ``export-onnx``,
+    ``show``, the transformers converter): the output is derived from the input and loses part of
+    it (a classifier head, a config), so writing it over the input is never what was meant. With
+    links resolved (``dst/.``, a symlinked directory, a hard link all count), refused are: DST is
+    a source; for a ``directory`` DST, DST holds a source file, or a file in DST is a source file
+    (a link to it). ``sources`` are files or directories (all files directly in them count);
+    None and paths that do not exist (a hub id) are skipped. ``save_pretrained(dir)`` does not
+    call this: the caller asks for exactly that directory, with the whole model in memory.
+    """
+    dest = os.path.realpath(destination)
+    kind = "directory" if directory else "file"
+    for src in sources:
+        if src is None or not os.path.exists(src):
+            continue
+        real = os.path.realpath(src)
+        if dest == real:
+            via = f" (both are {real})" if os.path.abspath(src) != os.path.abspath(destination) else ""
+            raise ValueError(f"{destination} is the input {src}{via}: the output would replace it; choose another output {kind}")
+        if os.path.isdir(real):
+            files = [e.path for e in os.scandir(real) if e.is_file()]
+            holders = set()
+        else:  # the folder it is in, reached through the path given and through its links
+            files = [real]
+            holders = {os.path.dirname(real), os.path.realpath(os.path.dirname(os.path.abspath(src)))}
+        if directory and dest in holders:
+            raise ValueError(f"{destination} is the directory that holds the input {src}: the output would be written "
+                             f"over or beside it; choose another output directory")
+        inputs = {_identity(f): f for f in files}
+        inputs.pop(None, None)
+        outputs = [os.path.join(destination, e.name) for e in os.scandir(dest)] if directory and os.path.isdir(dest) else [destination]
+        for out in outputs:
+            same = inputs.get(_identity(out))
+            if same is not None:
+                link = "" if os.path.abspath(out) == same else " (a link to it)"
+                raise ValueError(f"{out} is the input file {same}{link}: {'writing into ' + str(destination) if directory else 'the output'} "
+                                 f"would replace it; choose another output {kind}")

@@ -32,8 +32,8 @@ class GRN(nn.Module):
     """Global Response Normalization (ConvNeXt V2) on NHWC input; official (1, 1, 1, C) parameters.
 
     ``GRN(x) = gamma * (x * N(x)) + beta + x`` with ``N(x) = |x|_2 / mean_c |x|_2`` over space.
-    The L2 norm is accumulated and kept in float32: in float16 a sum of squares over a large
-    feature map passes 65504, and even its square root is better kept wide.
+    The L2 norm is accumulated and kept in float32 (float64 for a float64 model): in float16 a sum
+    of squares over a large feature map passes 65504, and even its square root is better kept wide.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -44,8 +44,9 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # An exported graph says float32 explicitly: runtimes differ in how they accumulate a half reduction.
-        src = x.float() if torch.onnx.is_in_onnx_export() and x.dtype != torch.float32 else x
-        gx = torch.linalg.vector_norm(src, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
+        wide = torch.promote_types(x.dtype, torch.float32)  # float32 for half types; float64 stays float64
+        src = x.to(wide) if torch.onnx.is_in_onnx_export() and x.dtype != wide else x
+        gx = torch.linalg.vector_norm(src, ord=2, dim=(1, 2), keepdim=True, dtype=wide)
         nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
         return self.gamma * (x * nx) + self.beta + x
 

@@ -196,3 +196,55 @@ def test_mistyped_local_paths_say_not_found_and_only_hub_ids_go_to_the_hub(tmp_p
     # through the model API and the convert command, the same message
     with pytest.raises(FileNotFoundError, match="checkpoint not found: ckpt/nonexist.pth"):
         ConvNextBackbone.from_pretrained("ckpt/nonexist.pth")
+
+
+def test_convert_never_writes_over_its_source(tmp_path, capsys):
+    """``convert cls_dir cls_dir`` replaced the classifier with a backbone and exited 0; every way of
+    naming the source as DST (itself, ``dir/.``, the folder of SRC's file, a symlink, a hard link in DST)
+    is now one line, exit 2, and the source keeps every byte."""
+    import transformers
+
+    ours, hf = tmp_path / "cls", tmp_path / "hf_cls"
+    randomize_(ConvNextForImageClassification.from_preset("convnextv2_atto", depths=[1, 1, 1, 1], num_labels=3)).save_pretrained(ours)
+    transformers.ConvNextV2ForImageClassification(transformers.ConvNextV2Config(
+        depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], num_labels=3)).save_pretrained(hf)
+    (tmp_path / "link").symlink_to(ours, target_is_directory=True)
+    (tmp_path / "hard").mkdir()
+    os.link(ours / "model.safetensors", tmp_path / "hard" / "model.safetensors")
+    before = {p: p.read_bytes() for d in (ours, hf, tmp_path / "hard") for p in sorted(d.iterdir())}
+    cases = [
+        (ours, ours, f"{ours} is the input {ours}: the output would replace it"),
+        (hf, hf, f"{hf} is the input {hf}"),
+        (ours, f"{ours}/.", f"{ours}/. is the input {ours}"),
+        (ours / "model.safetensors", ours, f"{ours} is the directory that holds the input {ours / 'model.safetensors'}"),
+        (hf / "model.safetensors", hf, f"{hf} is the directory that holds the input"),
+        (tmp_path / "link", ours, f"is the input {tmp_path / 'link'} (both are {ours.resolve()})"),
+        (ours, tmp_path / "link", f"{tmp_path / 'link'} is the input {ours} (both are"),
+        (ours, tmp_path / "hard", f"{tmp_path / 'hard' / 'model.safetensors'} is the input file {(ours / 'model.safetensors').resolve()} (a link to it)"),
+    ]
+    for src, dst, message in cases:
+        capsys.readouterr()
+        assert cli_main(["convert", str(src), str(dst)]) == 2, (src, dst)
+        out = capsys.readouterr().out
+        assert out.startswith("convert failed: ") and message in out and out.count("\n") == 1, out
+    assert {p: p.read_bytes() for d in (ours, hf, tmp_path / "hard") for p in sorted(d.iterdir())} == before
+    # a new directory, also one inside the source's, is fine
+    assert cli_main(["convert", str(ours), str(ours / "backbone")]) == 0
+    assert ConvNextBackbone.from_pretrained(ours / "backbone").config.depths == [1, 1, 1, 1]
+
+
+def test_a_deeper_or_longer_checkpoint_is_another_architecture(tmp_path):
+    """Backbone keys the model lacks (blocks of a deeper stage, a fifth stage) are errors naming both
+    architectures, as mis-shaped ones are; only a classifier head and unused output norms may go unused."""
+    atto = build_backbone("convnextv2_atto", out_indices=[1, 2, 3, 4])
+    build_backbone("convnextv2_atto", depths=[2, 2, 8, 2], out_indices=[1, 2, 3, 4]).save_pretrained(tmp_path / "deeper")
+    build_backbone("convnextv2_atto", num_stages=5, depths=[2, 2, 6, 2, 1], hidden_sizes=[40, 80, 160, 320, 640],
+                   out_indices=[1, 2, 3, 4, 5]).save_pretrained(tmp_path / "five")
+    for name, arch, key in [("deeper", r"depths=\[2, 2, 8, 2\], hidden_sizes=\[40, 80, 160, 320\]", r"stages\.2\.6\."),
+                            ("five", r"depths=\[2, 2, 6, 2, 1\], hidden_sizes=\[40, 80, 160, 320, 640\]", r"(stages|downsample_layers)\.4\.")]:
+        with pytest.raises(CheckpointError, match=rf"(?s)checkpoint is convnextv2\({arch}\), model is convnextv2_atto\..*unexpected key in checkpoint: {key}"):
+            load_checkpoint(atto, tmp_path / name)
+        with pytest.raises(CheckpointError, match=r"unexpected key in checkpoint"):
+            ConvNextBackbone.from_pretrained(tmp_path / name, depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320], num_stages=4,
+                                             out_indices=[1, 2, 3, 4])
+        assert not load_checkpoint(atto, tmp_path / name, strict=False).ok  # asked for: loads what fits, reports the rest

@@ -461,3 +461,62 @@ def test_save_pretrained_writes_identical_bytes_for_identical_weights(tmp_path):
         model.save_pretrained(tmp_path / run)
         digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / run).iterdir()})
     assert digests[0] == digests[1] == digests[2]
+
+
+# Each: the field, a value no model can have, and what the error must say (field, value, allowed range).
+BAD_FIELDS = [
+    ("hidden_sizes", [0, 80, 160, 320], r"hidden_sizes must be a list of integers >= 1, one per stage \(channels of each stage\), got \[0, 80, 160, 320\]"),
+    ("hidden_sizes", [-8, 80, 160, 320], r"hidden_sizes must be a list of integers >= 1.*got \[-8, 80, 160, 320\]"),
+    ("hidden_sizes", 96, r"hidden_sizes must be a list of integers >= 1, one per stage .*got 96"),
+    ("depths", [2, -1, 6, 2], r"depths must be a list of integers >= 1, one per stage \(blocks of each stage\), got \[2, -1, 6, 2\]"),
+    ("depths", [2, 0, 6, 2], r"depths must be a list of integers >= 1.*got \[2, 0, 6, 2\]"),
+    ("num_channels", 0, r"num_channels must be an integer >= 1 \(channels of the input image\), got 0"),
+    ("patch_size", -4, r"patch_size must be an integer >= 1 .*got -4"),
+    ("num_stages", 0, r"num_stages must be an integer >= 1 .*got 0"),
+    ("layer_norm_eps", -1e-6, r"layer_norm_eps must be a number > 0 .*got -1e-06"),
+    ("layer_norm_eps", 0.0, r"layer_norm_eps must be a number > 0 .*got 0.0"),
+    ("layer_norm_eps", "1e-6", r"layer_norm_eps must be a number > 0 .*got '1e-6'"),
+    ("initializer_range", -0.02, r"initializer_range must be a number >= 0 .*got -0.02"),
+    ("drop_path_rate", float("nan"), r"drop_path_rate must be in \[0, 1\) .*got nan"),
+    ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\) .*got 1.0"),
+    ("image_size", 0, r"image_size must be an integer >= 1 .*got 0"),
+    ("num_labels", 0, r"num_labels must be an integer >= 1 .*got 0"),
+    ("frozen_stages", 5, r"frozen_stages must be in \[-1, 4\] .*got 5"),
+    ("frozen_stages", -2, r"frozen_stages must be in \[-1, 4\] .*got -2"),
+    ("norm_outputs", "false", r"norm_outputs must be True or False .*got 'false'"),
+    ("channels_last", None, r"channels_last must be True or False .*got None"),
+]
+
+
+@pytest.mark.parametrize("field,value,match", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_every_field_is_checked_where_it_is_set(field, value, match):
+    """At construction (not later in the model: 'groups must be a positive integer', a raw RuntimeError,
+    or never) and on assignment to a built config, which then keeps its old value."""
+    with pytest.raises(ValueError, match=match):
+        ConvNextV2Config.from_preset("atto", **{field: value})
+    cfg = ConvNextV2Config.from_preset("atto")
+    before = cfg.to_dict()
+    with pytest.raises(ValueError, match=match):
+        setattr(cfg, field, value)
+    assert cfg.to_dict() == before
+
+
+def test_a_width_no_model_can_have_stops_at_the_config_not_in_the_model():
+    for widths in ([0, 80, 160, 320], [-8, 80, 160, 320]):  # were "groups must be a positive integer" / a RuntimeError
+        with pytest.raises(ValueError, match=r"^hidden_sizes must be a list of integers >= 1"):
+            build_backbone("convnextv2_atto", hidden_sizes=widths)
+
+
+def test_v1_layer_scale_range_and_the_rules_between_fields_on_assignment():
+    with pytest.raises(ValueError, match=r"layer_scale_init_value must be a number >= 0 .*got -1e-06"):
+        ConvNextConfig(layer_scale_init_value=-1e-6)
+    cfg = ConvNextV2Config.from_preset("atto")
+    cfg.depths = (1, 1, 1, 1)  # a valid change is taken (as a list, like the constructor does)
+    assert cfg.depths == [1, 1, 1, 1] and build_backbone("convnextv2_atto", depths=[1, 1, 1, 1]).config == cfg
+    with pytest.raises(ValueError, match=r"must both have num_stages=4 entries; to change the number of stages, make a new config"):
+        cfg.depths = [1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"ConvNeXt V2 has no layer scale"):
+        cfg.layer_scale_init_value = 1e-6
+    assert cfg.depths == [1, 1, 1, 1] and cfg.layer_scale_init_value == 0.0
+    five = cfg.copy(num_stages=5, depths=[1] * 5, hidden_sizes=[8, 16, 32, 64, 128], out_features=["stage5"])
+    assert five.stage_names[-1] == "stage5" and five.strides[-1] == 64

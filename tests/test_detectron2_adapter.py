@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,39 @@ def test_frozen_stages_and_gradient_checkpointing_reach_the_core():
 def test_bad_config_is_a_clear_error(opts, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(make_cfg(DEMO_CFG, *opts))
+
+
+EXPLICIT_ARCH = ["MODEL.CONVNEXT.NAME", "", "MODEL.CONVNEXT.VERSION", "v2"]
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (EXPLICIT_ARCH + ["MODEL.CONVNEXT.DEPTHS", "[2, 2, -1, 2]", "MODEL.CONVNEXT.DIMS", "[40, 80, 160, 320]"],
+         r"invalid MODEL\.CONVNEXT config: DEPTHS must be a list of integers >= 1, one per stage .*got \[2, 2, -1, 2\]"),
+        (EXPLICIT_ARCH + ["MODEL.CONVNEXT.DEPTHS", "[2, 2, 6, 2]", "MODEL.CONVNEXT.DIMS", "[0, 80, 160, 320]"],
+         r"invalid MODEL\.CONVNEXT config: DIMS must be a list of integers >= 1, one per stage .*got \[0, 80, 160, 320\]"),
+        (EXPLICIT_ARCH + ["MODEL.CONVNEXT.DEPTHS", "[2, 2, 6, 2]", "MODEL.CONVNEXT.DIMS", "[40, 80, 160]"],
+         r"DIMS \(\[40, 80, 160\]\) and DEPTHS \(\[2, 2, 6, 2\]\) must both have num_stages=4 entries"),
+        (["MODEL.CONVNEXT.FROZEN_STAGES", "7"], r"invalid MODEL\.CONVNEXT config: FROZEN_STAGES must be in \[-1, 4\]"),
+        (["MODEL.CONVNEXT.NAME", "convnext_tiny", "MODEL.CONVNEXT.LAYER_SCALE_INIT_VALUE", "-1.0"],
+         r"LAYER_SCALE_INIT_VALUE must be a number >= 0 .*got -1\.0"),
+    ],
+)
+def test_bad_convnext_keys_are_named_with_the_allowed_range(opts, match):
+    with pytest.raises(ValueError, match=match):
+        d2c.convnext_config_from_cfg(make_cfg(DEMO_CFG, *opts))
+
+
+def test_values_set_in_code_are_checked_not_cast():
+    """yacs checks types only on merge: values set in code reached int()/float()/bool() (1.5 -> 1, "no" -> True)."""
+    for key, value, match in [("FROZEN_STAGES", 1.5, r"FROZEN_STAGES must be an integer, got 1\.5"),
+                              ("NORM_OUTPUTS", "no", r"NORM_OUTPUTS must be True or False .*got 'no'"),
+                              ("DROP_PATH_RATE", "0.1", r"DROP_PATH_RATE must be in \[0, 1\) .*got '0\.1'")]:
+        cfg = make_cfg(DEMO_CFG)
+        cfg.MODEL.CONVNEXT[key] = value
+        with pytest.raises(ValueError, match=rf"invalid MODEL\.CONVNEXT config: {match}"):
+            d2c.convnext_config_from_cfg(cfg)
 
 
 # --- optimizer: the official layer-wise rule, per parameter -----------------------------------
@@ -290,6 +324,32 @@ def test_detectron2_checkpoint_of_another_size_is_refused(atto_model, tmp_path):
     d2c.ConvNextCheckpointer(femto, str(tmp_path)).save("femto")
     with pytest.raises(CheckpointError, match=r"(?s)does not fit this model's ConvNeXt backbone.*shape mismatch for backbone.bottom_up.downsample_layers.0.0.weight: checkpoint \[48, 3, 4, 4\] vs model \[40, 3, 4, 4\]"):
         d2c.ConvNextCheckpointer(atto_model).load(str(tmp_path / "femto.pth"))
+
+
+def _explicit_arch_model(depths, dims):
+    return build_model(make_cfg(DEMO_CFG, "MODEL.CONVNEXT.NAME", "", "MODEL.CONVNEXT.VERSION", "v2",
+                                "MODEL.CONVNEXT.DEPTHS", str(depths), "MODEL.CONVNEXT.DIMS", str(dims)))
+
+
+@pytest.mark.parametrize("depths, dims, key", [
+    ([2, 2, 8, 2], [40, 80, 160, 320], r"stages\.2\.6\."),  # deeper: was loaded with D2's "not used" warning, truncated
+    ([2, 2, 6, 2, 1], [40, 80, 160, 320, 640], r"(stages|downsample_layers)\.4\."),  # a fifth stage
+])
+def test_detectron2_checkpoint_of_a_deeper_or_longer_backbone_is_refused(atto_model, tmp_path, caplog, depths, dims, key):
+    d2c.ConvNextCheckpointer(_explicit_arch_model(depths, dims), str(tmp_path)).save("other")
+    before = {k: v.clone() for k, v in atto_model.state_dict().items()}
+    arch = rf"convnextv2\(depths={re.escape(str(depths))}, hidden_sizes={re.escape(str(dims))}\)"
+    with pytest.raises(CheckpointError, match=(
+            rf"(?s)does not fit this model's ConvNeXt backbone: checkpoint is {arch}, model is convnextv2_atto\..*"
+            rf"unexpected key in checkpoint: backbone\.bottom_up\.{key}.*STRICT_LOAD False")):
+        d2c.ConvNextCheckpointer(atto_model).load(str(tmp_path / "other.pth"))
+    assert all(torch.equal(before[k], v) for k, v in atto_model.state_dict().items())  # refused before loading
+    with caplog.at_level(logging.WARNING):  # asked for: what fits loads, the rest is a warning
+        d2c.ConvNextCheckpointer(atto_model, strict=False).load(str(tmp_path / "other.pth"))
+    assert "non-strict load: the rest is loaded" in caplog.text
+    saved = torch.load(tmp_path / "other.pth", weights_only=True)["model"]
+    for k in ("backbone.bottom_up.stages.0.0.dwconv.weight", "backbone.fpn_output2.weight"):
+        assert torch.equal(atto_model.state_dict()[k], saved[k])
 
 
 # --- augmentation --------------------------------------------------------------------------------

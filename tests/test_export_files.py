@@ -144,13 +144,12 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_export_refuses_to_write_over_its_inputs(weights, images, tmp_path, capsys):
-    """--out = the checkpoint directory, a folder holding the export's own names that no export made
+    """--out = the checkpoint directory (the rule every writer follows), a folder holding the export's own names that no export made
     (a dataset's manifest.jsonl, a features/ folder), an image folder whose features/ holds inputs:
     refused in one line, nothing written. An --out that only shares a folder with images is fine."""
     before = _tree(weights)
     msg = _one_line_error(capsys, cli(_export(weights, images, weights)))
-    assert msg == (f"--out {weights} is the checkpoint directory given as --weights; the export would write its files "
-                   "among the checkpoint's: choose another --out")
+    assert msg == f"--out {weights} is the input {weights}: the output would replace it; choose another output directory"
     assert _tree(weights) == before
 
     data = tmp_path / "data"

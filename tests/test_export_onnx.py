@@ -103,3 +103,27 @@ def test_show_writes_a_readable_figure(weights, tmp_path):
     h, w, _ = fig.shape
     assert w > 4 * h  # image + 5 panels side by side
     assert fig.std() > 20  # not blank
+
+
+def test_export_onnx_and_show_never_write_over_their_inputs(weights, tmp_path, capsys):
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (64, 48), (120, 170, 230)).save(image)
+    (tmp_path / "link.onnx").symlink_to(weights / "model.safetensors")
+    before = {p: p.read_bytes() for p in [*sorted(weights.iterdir()), image]}
+    w, onnx_out = str(weights), str(tmp_path / "ok.onnx")
+    cases = [
+        (["export-onnx", "--weights", w, "--out", f"{w}/model.safetensors"], f"{w}/model.safetensors is the input file"),
+        (["export-onnx", "--weights", w, "--out", w], f"{w} is the input {w}"),
+        (["export-onnx", "--weights", w, "--out", onnx_out, "--torch-export", f"{w}/config.json"], f"{w}/config.json is the input file"),
+        (["export-onnx", "--weights", f"{w}/model.safetensors", "--out", str(tmp_path / "link.onnx")],
+         f"{tmp_path / 'link.onnx'} is the input {w}/model.safetensors (both are"),
+        (["show", str(image), "--weights", w, "--out", str(image)], f"{image} is the input {image}"),
+        (["show", str(image), "--weights", w, "--out", f"{w}/model.safetensors"], f"{w}/model.safetensors is the input file"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in [*sorted(weights.iterdir()), image]} == before
+    assert not (tmp_path / "ok.onnx").exists()

@@ -112,6 +112,13 @@ def test_out_indices_follow_mmseg_convention_and_out_features_hf_names():
         (dict(arch="convnextv2_atto", layer_scale_init_value=1.0), r"not allowed for ConvNeXt V2"),
         (dict(arch="convnextv2_atto", frozen_stages=5), r"frozen_stages must be in \[-1, 4\]"),
         (dict(arch="convnextv2_atto", drop_path_rate=1.5), r"drop_path_rate must be in \[0, 1\)"),
+        # every field where it is set, in the words of this config (dims, in_channels, with_cp)
+        (dict(arch=dict(depths=[2, 2, -1, 2], dims=[40, 80, 160, 320])), r"depths must be a list of integers >= 1.*got \[2, 2, -1, 2\]"),
+        (dict(arch=dict(depths=[2, 2, 6, 2], dims=[0, 80, 160, 320])), r"dims must be a list of integers >= 1.*got \[0, 80, 160, 320\]"),
+        (dict(arch=dict(depths=[2, 2, 1.5, 2], dims=[40, 80, 160, 320])), r"depths must be an integer, got 1\.5"),  # was int(1.5)
+        (dict(arch="convnextv2_atto", in_channels=0), r"in_channels must be an integer >= 1 .*got 0"),
+        (dict(arch="convnextv2_atto", with_cp="yes"), r"with_cp must be True or False .*got 'yes'"),
+        (dict(arch="convnext_tiny", layer_scale_init_value=-1.0), r"layer_scale_init_value must be a number >= 0 .*got -1\.0"),
     ],
 )
 def test_bad_backbone_arguments_name_the_problem(kw, message):
@@ -220,6 +227,35 @@ def test_init_cfg_pretrained_mismatch_and_unsafe_files_are_refused(classifier_ck
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         build(arch="convnextv2_atto", init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "nope.pth"))).init_weights()
+
+
+def test_a_deeper_backbone_checkpoint_is_refused_by_init_cfg_and_by_load_from(tmp_path, caplog):
+    """init_cfg goes through the core (strict). ``load_from`` / resume went through mmengine non-strictly:
+    a deeper backbone's extra blocks were an 'unexpected key' log line; now they name both architectures."""
+    import logging
+
+    from mmseg_convnext.runner import ConvNeXtSegRunner
+
+    deeper = segmentor(dict(arch=dict(depths=[2, 2, 8, 2], dims=[40, 80, 160, 320]), version="v2"))
+    path = tmp_path / "iter_100.pth"
+    torch.save({"meta": {"iter": 100}, "state_dict": deeper.state_dict()}, path)
+    arch = r"checkpoint is convnextv2\(depths=\[2, 2, 8, 2\], hidden_sizes=\[40, 80, 160, 320\]\), model is convnextv2_atto\."
+    with pytest.raises(CheckpointError, match=rf"(?s){arch}.*unexpected key in checkpoint: stages\.2\.6\."):
+        build(arch="convnextv2_atto", init_cfg=dict(type="Pretrained", checkpoint=str(path))).init_weights()
+    seg = segmentor(dict(arch="convnextv2_atto"))
+    other_head = segmentor(dict(arch="convnextv2_atto"), aux=False)
+    runner = ConvNeXtSegRunner(model=seg, work_dir=str(tmp_path / "work"), default_scope="mmseg")
+    with pytest.raises(CheckpointError, match=rf"(?s){arch}.*unexpected key in checkpoint: backbone\.stages\.2\.6\..*"
+                                              r"load_from_strict_backbone=False"):
+        runner.load_checkpoint(str(path))
+    runner.cfg.load_from_strict_backbone = False  # asked for: what fits loads, the rest is a warning
+    runner.load_checkpoint(str(path))
+    assert torch.equal(seg.backbone.stages[0][0].dwconv.weight, deeper.backbone.stages[0][0].dwconv.weight)
+    # the same backbone with another head (a new dataset) stays mmengine's business: loads, with its warning
+    torch.save({"state_dict": other_head.state_dict()}, tmp_path / "no_aux.pth")
+    runner.cfg.load_from_strict_backbone = True
+    runner.load_checkpoint(str(tmp_path / "no_aux.pth"))
+    assert torch.equal(seg.backbone.stages[2][5].dwconv.weight, other_head.backbone.stages[2][5].dwconv.weight)
 
 
 class _Evil:

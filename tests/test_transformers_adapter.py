@@ -227,6 +227,46 @@ def test_hf_checkpoint_conversion_is_strict(tmp_path):
         ConvNextBackboneConfig.from_hf_config(transformers.ResNetConfig())
 
 
+def test_converter_never_writes_over_its_source(tmp_path, capsys):
+    """``convert_hf_checkpoint(d, d)`` replaced transformers' files with ours; now refused before reading."""
+    from transformers_convnext.checkpoint import main
+
+    backbone = transformers.ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], out_features=ALL4)
+    src = tmp_path / "hf"
+    UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=3)).save_pretrained(src)
+    before = {p: p.read_bytes() for p in sorted(src.iterdir())}
+    for source, dst, message in [(src, src, f"{src} is the input {src}"), (src, f"{src}/.", f"{src}/. is the input {src}"),
+                                 (src / "model.safetensors", src, f"{src} is the directory that holds the input")]:
+        with pytest.raises(ValueError, match=message):
+            convert_hf_checkpoint(source, dst)
+        capsys.readouterr()
+        assert main([str(source), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("convert failed: ") and message in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in sorted(src.iterdir())} == before
+    assert main([str(src), str(tmp_path / "ours")]) == 0 and (tmp_path / "ours" / "config.json").is_file()
+
+
+def test_config_fields_are_checked_by_the_core_at_construction_and_on_assignment():
+    for kw, match in [(dict(hidden_sizes=[0, 80, 160, 320]), r"hidden_sizes must be a list of integers >= 1.*got \[0, 80, 160, 320\]"),
+                      (dict(depths=[2, 2, 1.5, 2]), r"depths must be an integer, got 1\.5"),  # was int(1.5) = 1
+                      (dict(layer_norm_eps=-1e-6), r"layer_norm_eps must be a number > 0")]:
+        with pytest.raises(ValueError, match=match):
+            ConvNextBackboneConfig.from_preset("convnextv2_atto", **kw)
+    cfg = ConvNextBackboneConfig.from_preset("convnextv2_atto", out_features=ALL4)
+    before = cfg.to_dict()
+    for name, value, match in [("depths", [2, -1, 6, 2], r"depths must be a list of integers >= 1.*got \[2, -1, 6, 2\]"),
+                               ("initializer_range", -0.02, r"initializer_range must be a number >= 0"),
+                               ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\)"),
+                               ("version", "v3", r"version must be one of 'v1', 'v2'"),
+                               ("layer_scale_init_value", 0.1, r"ConvNeXt V2 has no layer scale")]:
+        with pytest.raises(ValueError, match=match):
+            setattr(cfg, name, value)
+    assert cfg.to_dict() == before
+    cfg.depths = (1, 1, 1, 1)
+    assert cfg.depths == [1, 1, 1, 1] and ConvNextBackboneModel(cfg).core_model.config.depths == [1, 1, 1, 1]
+
+
 def test_hf_detr_checkpoint_loads_with_our_backbone(tmp_path, pixels):
     # DETR's save_pretrained renames its backbone path (backbone.conv_encoder): found by the stem weight
     depths, hidden = ATTO

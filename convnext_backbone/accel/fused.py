@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from ..layers import DropPath
 from . import native
@@ -53,7 +52,7 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     c4 = block.pwconv1.out_features
     conv, norm, fc1, fc2 = block.dwconv, block.norm, block.pwconv1, block.pwconv2
     approximate = block.act.approximate
-    if native.usable(x, conv) and native.norm_fusable(norm, c):
+    if native.usable(x):
         def normed(r0: int, r1: int) -> torch.Tensor:  # LayerNorm(dwconv(x)) for image rows [r0, r1)
             out = workspace((r1 - r0) * ww * c, x.dtype, "normed").view((r1 - r0) * ww, c)
             return native.depthwise7_norm_rows(x, conv, norm, out, r0, r1)
@@ -115,7 +114,7 @@ def _grn_scale(grn: nn.Module, sumsq: torch.Tensor) -> torch.Tensor:
 def _autograd_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, c, hh, ww = x.shape
     conv = block.dwconv
-    t = native.depthwise7(x, conv) if native.usable(x, conv) else conv(x)
+    t = native.depthwise7(x, conv) if native.usable(x) else conv(x)
     t = block.norm(t.permute(0, 2, 3, 1))
     fc1, fc2 = block.pwconv1, block.pwconv2
     c4 = fc1.out_features
@@ -156,15 +155,21 @@ class _LeanMLP(torch.autograd.Function):
     def forward(ctx, t, w1, b1, w2t, acc, approximate):
         h = torch.addmm(b1, t, w1.t())
         a = torch.ops.aten.gelu.out(h, approximate=approximate, out=workspace(h.numel(), h.dtype, "hidden").view_as(h))
-        ctx.save_for_backward(t, w1, h, w2t)
+        ctx.save_for_backward(t, w1, h, w2t, b1)  # b1: only a second-order backward reads it
         ctx.acc_shape, ctx.approximate = acc.shape, approximate
         return torch.addmm(acc, a, w2t)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
-        t, w1, h, w2t = ctx.saved_tensors
+        t, w1, h, w2t, b1 = ctx.saved_tensors
         need_t, need_w1, need_b1, need_w2t, need_acc, _ = ctx.needs_input_grad
+        grad_acc = (grad.sum(0) if len(ctx.acc_shape) == 1 else grad) if need_acc else None
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward through the reference ops
+            def mlp(t, w1, b1, w2t):
+                return F.gelu(F.linear(t, w1, b1), approximate=ctx.approximate).mm(w2t)
+
+            return (*native.differentiable_grads(mlp, (t, w1, b1, w2t), (need_t, need_w1, need_b1, need_w2t), grad),
+                    grad_acc, None)
         wide = workspace(h.numel(), h.dtype, "hidden").view_as(h)
         grad_w2t = torch.mm(torch.ops.aten.gelu.out(h, approximate=ctx.approximate, out=wide).t(), grad) if need_w2t else None
         grad_h = torch.mm(grad, w2t.t(), out=wide)
@@ -172,7 +177,6 @@ class _LeanMLP(torch.autograd.Function):
         grad_t = grad_h.mm(w1) if need_t else None
         grad_w1 = grad_h.t().mm(t) if need_w1 else None
         grad_b1 = grad_h.sum(0) if need_b1 else None
-        grad_acc = (grad.sum(0) if len(ctx.acc_shape) == 1 else grad) if need_acc else None
         return grad_t, grad_w1, grad_b1, grad_w2t, grad_acc, None
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
 from torch.profiler import record_function
 
-__all__ = ["depthwise7", "depthwise7_norm_rows", "native_status", "norm_fusable", "sum_of_squares", "usable"]
+__all__ = ["depthwise7", "depthwise7_norm_rows", "differentiable_grads", "native_status", "sum_of_squares", "usable"]
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +140,15 @@ def native_status() -> str:
     return _status or "unavailable"
 
 
-def usable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """The kernel's domain: CPU float32 NHWC memory, 7x7/stride 1/pad 3 depthwise, C % 8 == 0.
+def usable(x: torch.Tensor) -> bool:
+    """The kernel's domain for the input: CPU float32 NHWC memory with C % 8 == 0, and a built kernel.
 
-    Whether the conv may be computed here at all (no hooks, stock module, eager mode) is the
-    dispatch rule's question (``accel.accelerates``), asked before this."""
+    The module side (a stock 7x7 depthwise conv, no hooks, eager mode) is the dispatch rule's
+    (``accel.stock``), asked before this."""
     c = x.shape[1] if x.ndim == 4 else 0
     return (
         x.dtype == torch.float32
-        and conv.weight.dtype == torch.float32
         and c % 8 == 0 and c > 0
-        and conv.groups == c == conv.out_channels
-        and conv.kernel_size == (7, 7) and conv.stride == (1, 1) and conv.padding == (3, 3) and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
         and x.is_contiguous(memory_format=torch.channels_last)  # NHWC dense (size-1 dims' strides ignored)
         and _load() is not None
     )
@@ -241,11 +237,14 @@ class _DepthwiseConv7(torch.autograd.Function):
         return _forward(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = _nhwc(grad)
         need_x, need_w, need_b = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: this backward must itself be differentiable
+            gx, gw = differentiable_grads(lambda x, w: F.conv2d(x, w, None, padding=3, groups=x.shape[1]),
+                                          (x, weight), (need_x, need_w), grad)
+            return gx, gw, grad.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
+        grad = _nhwc(grad)
         grad_x = _forward(grad, weight.flip(-2, -1), None) if need_x else None  # correlation with the flipped kernel
         grad_w = _grad_weight(x, grad) if need_w else None
         grad_b = grad.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
@@ -260,15 +259,18 @@ def depthwise7_norm_rows(x: torch.Tensor, conv: nn.Conv2d, norm: nn.LayerNorm, o
     return out
 
 
-def norm_fusable(norm: nn.LayerNorm, channels: int) -> bool:
-    return (
-        tuple(norm.normalized_shape) == (channels,) and norm.weight is not None and norm.bias is not None
-        and norm.weight.dtype == torch.float32
-    )
+def differentiable_grads(fn, inputs: tuple[torch.Tensor, ...], needs: tuple[bool, ...], grad: torch.Tensor) -> tuple:
+    """The gradients of ``fn(*inputs)`` against ``grad`` as a graph, for a backward recorded with
+    ``create_graph=True`` (gradient penalties, R1, MAML): recomputed through the reference ops,
+    so second-order gradients are the reference's. ``None`` where ``needs`` is False."""
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        got = iter(torch.autograd.grad(fn(*inputs), wanted, grad, create_graph=True, allow_unused=True) if wanted else ())
+    return tuple(next(got) if need else None for need in needs)
 
 
 def depthwise7(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` through the C kernel; call only where ``usable(x, conv)`` and in eager mode."""
+    """``conv(x)`` through the C kernel; call only for a stock block (``accel.stock``) where ``usable(x)``."""
     params = (conv.weight,) if conv.bias is None else (conv.weight, conv.bias)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _DepthwiseConv7.apply(x, conv.weight, conv.bias)

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_not_overwriting
 from ..model import ConvNextBackbone
 from .features import add_model_arguments, model_from_args
 
@@ -164,6 +164,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        for out in (args.out, args.torch_export):
+            if out is not None:
+                check_not_overwriting([args.weights], out)
         model = model_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"convnext-backbone export-onnx: error: {e}", file=sys.stderr)

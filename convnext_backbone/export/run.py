@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..cli_errors import UserError, interrupt_note, user_errors
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_not_overwriting
 from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
 from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
@@ -287,9 +287,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ExportError("--batch-size and --writer-threads must be >= 1 and --workers >= 0")
     if args.format == "npz" and args.dtype == "bfloat16":
         raise ExportError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
-    if args.weights and os.path.isdir(args.weights) and os.path.isdir(args.out) and os.path.samefile(args.weights, args.out):
-        raise ExportError(f"--out {args.out} is the checkpoint directory given as --weights; the export would write "
-                          "its files among the checkpoint's: choose another --out")
+    try:  # the rule every writer follows; the images are checked against what the export owns (_check_out_is_ours)
+        check_not_overwriting([args.weights], args.out, directory=True)
+    except ValueError as e:
+        raise ExportError(f"--out {e}") from e
 
 
 def _resume_note(out: Path, paths: list[str]) -> str:

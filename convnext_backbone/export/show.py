@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..cli_errors import user_errors
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_not_overwriting
 from .features import add_model_arguments, extract_features, model_from_args
 from .images import DEFAULT_SIZE, load_image, make_transform
 
@@ -103,6 +103,7 @@ def _check_format(out: str) -> None:
 def run(args: argparse.Namespace) -> int:
     with user_errors():  # a bad image, size, figure format or checkpoint: one line (cli_errors.run_cli)
         _check_format(args.out)
+        check_not_overwriting([args.image, args.weights], args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
         pixel_values, geometry = make_transform("letterbox", args.size)(image)

@@ -15,7 +15,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
 from convnext_backbone import ConvNextBackbone, ConvNextConfig
-from convnext_backbone.config import config_from_arch
+from convnext_backbone.config import config_from_arch, in_callers_terms
 
 __all__ = ["D2ConvNeXt", "build_convnext_backbone", "build_convnext_fpn_backbone", "convnext_config_from_cfg", "find_convnext"]
 
@@ -59,18 +59,28 @@ def find_convnext(model: torch.nn.Module) -> tuple[str, ConvNextBackbone]:
     return (name + "." if name else ""), module
 
 
+# core field -> MODEL.CONVNEXT key, so that an error names the key the YAML sets (out_features keeps
+# the HF contract's name, which the stage-selection messages of every adapter share)
+_CFG_KEYS = {
+    "depths": "DEPTHS", "dims": "DIMS", "hidden_sizes": "DIMS", "version": "VERSION",
+    "drop_path_rate": "DROP_PATH_RATE", "frozen_stages": "FROZEN_STAGES", "norm_outputs": "NORM_OUTPUTS",
+    "gradient_checkpointing": "GRADIENT_CHECKPOINTING", "layer_scale_init_value": "LAYER_SCALE_INIT_VALUE",
+}
+
+
 def convnext_config_from_cfg(cfg, input_shape: ShapeSpec | None = None) -> ConvNextConfig:
     """``MODEL.CONVNEXT.*`` -> core config; a bad value raises ValueError naming the key."""
     c = cfg.MODEL.CONVNEXT
+    # the values as given: the core checks each (a cast here would turn FROZEN_STAGES 1.5 into 1)
     kw: dict[str, Any] = dict(
-        out_features=list(c.OUT_FEATURES),
-        drop_path_rate=float(c.DROP_PATH_RATE),
-        frozen_stages=int(c.FROZEN_STAGES),
-        norm_outputs=bool(c.NORM_OUTPUTS),
-        gradient_checkpointing=bool(c.GRADIENT_CHECKPOINTING),
+        out_features=c.OUT_FEATURES,
+        drop_path_rate=c.DROP_PATH_RATE,
+        frozen_stages=c.FROZEN_STAGES,
+        norm_outputs=c.NORM_OUTPUTS,
+        gradient_checkpointing=c.GRADIENT_CHECKPOINTING,
     )
     if input_shape is not None and input_shape.channels is not None:
-        kw["num_channels"] = int(input_shape.channels)
+        kw["num_channels"] = input_shape.channels
     try:
         if c.NAME:
             if c.DEPTHS or c.DIMS:
@@ -81,10 +91,10 @@ def convnext_config_from_cfg(cfg, input_shape: ShapeSpec | None = None) -> ConvN
                 raise ValueError("with NAME empty, DEPTHS and DIMS must both be set (e.g. [3, 3, 9, 3] and [96, 192, 384, 768])")
             arch, version = dict(depths=list(c.DEPTHS), dims=list(c.DIMS)), c.VERSION
         # LAYER_SCALE_INIT_VALUE is documented as V1-only (its default is V1's): V2 ignores it.
-        return config_from_arch(arch, version, layer_scale_init_value=float(c.LAYER_SCALE_INIT_VALUE),
+        return config_from_arch(arch, version, layer_scale_init_value=c.LAYER_SCALE_INIT_VALUE,
                                 layer_scale_v1_only=True, **kw)
     except ValueError as e:
-        raise ValueError(f"invalid MODEL.CONVNEXT config: {e}") from e
+        raise ValueError(f"invalid MODEL.CONVNEXT config: {in_callers_terms(str(e), _CFG_KEYS)}") from e
 
 
 @BACKBONE_REGISTRY.register()

@@ -2,7 +2,8 @@
 
 - A Detectron2 checkpoint of this model (``model_final.pth``, ``last_checkpoint``): loaded as
   Detectron2 does (resume restores optimizer, scheduler and iteration), but the backbone
-  must load completely: a missing or mis-shaped backbone tensor is an error, not a warning.
+  must fit exactly: a missing, mis-shaped or unused backbone tensor (a deeper model's extra
+  blocks) is an error, not Detectron2's warning; other keys (FPN, heads) stay Detectron2's.
 - Anything else (official classification / FCMAE / det-seg, HF, timm, mmpretrain, Detectron2
   ``.pkl`` backbones, ``save_pretrained`` directories): converted by the core and loaded into
   the backbone only; the log lists what was loaded and what was left at init.
@@ -24,8 +25,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from convnext_backbone import CheckpointError
-from convnext_backbone.config import OUTPUT_NORM_KEY
-from convnext_backbone.convert import convert_state_dict, load_converted, read_checkpoint
+from convnext_backbone.convert import convert_state_dict, describe_mismatch, load_converted, match_converted, read_checkpoint
 from convnext_backbone.fileio import atomic_write
 
 from .backbone import find_convnext
@@ -86,9 +86,8 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         prefix, _ = find_convnext(self.model)
         own = self.model.state_dict()
         if self._is_detectron2_checkpoint(state, prefix, own):
-            incompatible = super()._load_model(checkpoint)
-            self._check_backbone_complete(incompatible, prefix, source)
-            return incompatible
+            self._check_backbone(state, prefix, source)  # before loading: a refused file leaves the model as it was
+            return super()._load_model(checkpoint)
         checkpoint.pop("matching_heuristics", None)
         self._load_backbone(state, source)
         return None
@@ -99,23 +98,22 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         keys = [k for k in state if k in own]
         return any(k.startswith(prefix + "stages.") for k in keys) and any(not k.startswith(prefix) for k in keys)
 
-    def _check_backbone_complete(self, incompatible, prefix: str, source: str) -> None:
-        trunk_shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if k.startswith(prefix)]
-        mis_shaped = {k for k, _, _ in trunk_shapes}
-        trunk_missing = [
-            k for k in incompatible.missing_keys
-            if k.startswith(prefix) and k not in mis_shaped and not OUTPUT_NORM_KEY.match(k[len(prefix):])
-        ]
-        if trunk_missing or trunk_shapes:
-            lines = [f"shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in trunk_shapes[:10]]
-            lines += [f"missing backbone tensor {k}" for k in trunk_missing[:10]]
-            message = (
-                f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone "
-                f"(a different size or version?):\n  " + "\n  ".join(lines)
-            )
-            if self.strict:
-                raise self._error(message)
-            self.logger.warning(f"{message}\n(non-strict load: the rest is loaded)")
+    def _check_backbone(self, state, prefix: str, source: str) -> None:
+        """The backbone part of a Detectron2 checkpoint must be this architecture, by the core's rules:
+        a missing, mis-shaped or unused backbone tensor (a deeper or extra stage) is an error naming both
+        architectures; output norms the model does not return are fine. Keys outside the backbone (FPN,
+        heads) are Detectron2's business, with its own warnings."""
+        _, trunk = find_convnext(self.model)
+        backbone = {k[len(prefix):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)}
+        conv = convert_state_dict(backbone, fmt="official")
+        report, _ = match_converted(trunk, conv)
+        if report.ok:
+            return
+        message = (f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone: "
+                   f"{describe_mismatch(report, conv, trunk, prefix)}")
+        if self.strict:
+            raise self._error(message)
+        self.logger.warning(f"{message}\n(non-strict load: the rest is loaded)")
 
     def _load_backbone(self, state, source: str) -> None:
         prefix, trunk = find_convnext(self.model)

@@ -44,14 +44,15 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import initialize
 
 from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
-from convnext_backbone.config import (ConvNextConfig, config_from_arch, resolve_arch, resolve_out_features_out_indices,
-                                      stage_names_for)
+from convnext_backbone.config import (ConvNextConfig, config_from_arch, in_callers_terms, resolve_arch,
+                                      resolve_out_features_out_indices, stage_names_for)
 from convnext_backbone.convert import read_checkpoint
 from convnext_backbone.hub import resolve_pretrained
 
 __all__ = ["OpenMMLabConvNeXt", "backbone_config", "out_features_from_indices"]
 
 ALL_STAGES = (0, 1, 2, 3)
+_ARGUMENT_NAMES = {"num_channels": "in_channels", "gradient_checkpointing": "with_cp"}  # core field -> argument here
 
 
 def out_features_from_indices(out_indices: Sequence[int] | int, num_stages: int) -> list[str]:
@@ -145,8 +146,8 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         try:
             config = backbone_config(arch, version, out_indices, out_features, drop_path_rate, layer_scale_init_value,
                                      frozen_stages, norm_outputs, with_cp, channels_last, in_channels)
-        except ValueError as e:  # say which part of a detector / segmentor config is wrong
-            raise ValueError(f"{name} backbone: {e}") from None
+        except ValueError as e:  # say which part of a detector / segmentor config is wrong, in its own words
+            raise ValueError(f"{name} backbone: {in_callers_terms(str(e), _ARGUMENT_NAMES)}") from None
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError(f"{name} backbone: give either init_cfg or the deprecated pretrained, not both")

@@ -26,6 +26,11 @@ A truncated or corrupt checkpoint
     checkpoint next to it, and how to resume from that (``--resume PATH``), instead of a
     ``PytorchStreamReader`` traceback.
 
+A checkpoint of another backbone
+    ``load_from`` and resume load through mmengine non-strictly (so that a new head may differ);
+    the backbone part is checked by the core's rules afterwards (``check_backbone_weights``):
+    a deeper, wider or longer ConvNeXt is an error naming both architectures, not a log line.
+
 Other things the mixin adds, each small:
     * checkpoints are written to a temporary name and renamed, so a run killed while saving
       never leaves a truncated ``iter_N.pth`` behind;
@@ -55,13 +60,15 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.dist import master_only
 from mmengine.logging import HistoryBuffer, print_log
-from mmengine.model import revert_sync_batchnorm
+from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 
-from convnext_backbone import CheckpointError
+from convnext_backbone import CheckpointError, ConvNextBackbone
+from convnext_backbone.convert import convert_state_dict, describe_mismatch, match_converted
 
 __all__ = [
     "ConvNeXtRunnerMixin",
     "MMENGINE_CHECKPOINT_GLOBALS",
+    "check_backbone_weights",
     "check_in_channels",
     "checkpoint_problem",
     "last_intact_checkpoint",
@@ -239,13 +246,44 @@ def check_in_channels(model: torch.nn.Module) -> None:
             )
 
 
+STRICT_KEY = "load_from_strict_backbone"
+
+
+def check_backbone_weights(model: torch.nn.Module, checkpoint: dict, source: str, strict: bool = True) -> None:
+    """The backbone part of a ``load_from`` / resume checkpoint must be this model's ConvNeXt.
+
+    mmengine loads those non-strictly (a new dataset's head may differ, and that stays a warning),
+    so a deeper backbone's extra blocks, or a mis-shaped one, went by as "unexpected key" lines in
+    the log. Here the ``backbone.`` tensors go through the core's rules: anything missing,
+    mis-shaped or unused is a ``CheckpointError`` naming both architectures, unless the config
+    sets ``load_from_strict_backbone=False`` (then a warning). Models with another backbone: no check.
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ConvNextBackbone):
+        return
+    state = checkpoint.get("state_dict", checkpoint)
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    conv = convert_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, fmt="official")
+    report, _ = match_converted(backbone, conv)
+    if report.ok:
+        return
+    message = f"{source}: the checkpoint's backbone does not fit this model's ConvNeXt backbone: {describe_mismatch(report, conv, backbone, 'backbone.')}"
+    if strict:
+        raise CheckpointError(f"{message}\nTo load what fits (the rest is logged), set {STRICT_KEY}=False in the config "
+                              f"(or --cfg-options {STRICT_KEY}=False).")
+    print_log(f"{message}\n(non-strict load: the rest is loaded)", logger="current", level=30)
+
+
 # ---- the Runner mixin ------------------------------------------------------------------------------
 class ConvNeXtRunnerMixin:
     """``class ConvNeXtXRunner(ConvNeXtRunnerMixin, mmengine.runner.Runner)`` (see the module doc)."""
 
     def load_checkpoint(self, filename: str, *args: Any, **kwargs: Any) -> dict:
         with mmengine_checkpoint_globals():
-            return super().load_checkpoint(filename, *args, **kwargs)  # type: ignore[misc]
+            checkpoint = super().load_checkpoint(filename, *args, **kwargs)  # type: ignore[misc]
+        model = self.model.module if is_model_wrapper(self.model) else self.model  # type: ignore[attr-defined]
+        check_backbone_weights(model, checkpoint, filename, strict=self.cfg.get(STRICT_KEY, True))  # type: ignore[attr-defined]
+        return checkpoint
 
     def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         problem = resume_problem(filename)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from convnext_backbone import CheckpointError, LoadReport, load_checkpoint
 from convnext_backbone.convert import read_checkpoint
+from convnext_backbone.fileio import check_not_overwriting
 from convnext_backbone.hub import resolve_pretrained
 
 from .configuration import ConvNextBackboneConfig
@@ -172,12 +174,22 @@ def _backbone_prefix_on_disk(state: Mapping[str, torch.Tensor], lead: str, where
     )
 
 
+def _convert(src: str | os.PathLike, dst: str | os.PathLike, model_class: type | None = None, **backbone_kwargs: Any) -> nn.Module:
+    """The converted model, written to ``dst`` (refused before anything is read if ``dst`` is ``src``
+    or the directory it is in: the output would replace the input's files)."""
+    check_not_overwriting([src], dst, directory=True)
+    model = from_hf_pretrained(src, model_class=model_class, **backbone_kwargs)
+    check_not_overwriting([resolve_pretrained(src)], dst, directory=True)  # a hub id is a local snapshot only now
+    model.save_pretrained(str(dst))
+    return model
+
+
 def convert_hf_checkpoint(
     src: str | os.PathLike, dst: str | os.PathLike, model_class: type | None = None, **backbone_kwargs: Any
 ) -> Path:
-    """``from_hf_pretrained(src)`` then ``save_pretrained(dst)``; ``dst`` loads with the plain transformers class."""
-    model = from_hf_pretrained(src, model_class=model_class, **backbone_kwargs)
-    model.save_pretrained(str(dst))
+    """``from_hf_pretrained(src)`` then ``save_pretrained(dst)``; ``dst`` loads with the plain transformers class.
+    ``dst`` must not be ``src`` or the directory ``src`` is in (``ValueError``)."""
+    _convert(src, dst, model_class, **backbone_kwargs)
     return Path(dst)
 
 
@@ -188,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         "to the same model with the convnext_backbone backbone.",
     )
     parser.add_argument("src", help="save_pretrained directory or Hub id")
-    parser.add_argument("dst", help="output directory")
+    parser.add_argument("dst", help="output directory (not SRC, nor the directory SRC is in)")
     args = parser.parse_args(argv)
-    model = from_hf_pretrained(args.src)
-    model.save_pretrained(args.dst)
+    try:
+        model = _convert(args.src, args.dst)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"convert failed: {e}", file=sys.stderr)
+        return 2
     print(f"{type(model).__name__}: backbone {model.backbone_load_report.summary()}; saved to {args.dst}")
     return 0
 

@@ -18,7 +18,7 @@ try:  # transformers >= 5.x
 except ImportError:  # pragma: no cover - older 5.x layout
     from transformers.utils.backbone_utils import BackboneConfigMixin
 
-from convnext_backbone.config import CONFIG_CLASSES, ConvNextConfig, config_from_preset_name, stage_names_for
+from convnext_backbone.config import CONFIG_CLASSES, ConvNextConfig, config_from_preset_name
 
 __all__ = ["ConvNextBackboneConfig", "MODEL_TYPE"]
 
@@ -35,6 +35,13 @@ _SHAPE_FIELDS = (
     "layer_norm_eps", "layer_scale_init_value", "drop_path_rate", "image_size",
 )
 _CORE_FIELDS = _SHAPE_FIELDS + ("norm_outputs", "frozen_stages", "channels_last")
+
+
+def _version(value: Any) -> str:
+    version = _VERSIONS.get(str(value).strip().lower())
+    if version is None:
+        raise ValueError(f"version must be one of 'v1', 'v2' (or 'convnext', 'convnextv2'), got {value!r}")
+    return version
 
 
 class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -84,19 +91,32 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         out_features = kwargs.pop("out_features", None)
         out_indices = kwargs.pop("out_indices", None)
         kwargs.pop("stage_names", None)  # always derived from num_stages
-        version = _VERSIONS.get(str(self.version).strip().lower())
-        if version is None:
-            raise ValueError(f"version must be one of 'v1', 'v2' (or 'convnext', 'convnextv2'), got {self.version!r}")
-        self.version = version
+        self.version = _version(self.version)
         if self.layer_scale_init_value is None:
-            self.layer_scale_init_value = 1e-6 if version == "v1" else 0.0
-        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
-        self.depths = [int(d) for d in self.depths]
-        self.stage_names = stage_names_for(int(self.num_stages))
-        # The core checks every field and out_features/out_indices, with its own messages.
+            self.layer_scale_init_value = 1e-6 if self.version == "v1" else 0.0
+        # The core checks every field and out_features/out_indices, with its own messages; its
+        # values are kept (hidden_sizes=(96, ...) becomes a list, as transformers' ConvNeXt needs).
         core = self._build_core_config(out_features=out_features, out_indices=out_indices)
+        for name in _CORE_FIELDS:
+            setattr(self, name, getattr(core, name))
+        self.stage_names = list(core.stage_names)
         self._out_features, self._out_indices = core.out_features, core.out_indices
         super().__post_init__(**kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``config.depths = [...]`` after construction is checked by the core as at construction
+        (an error names the field and leaves the config as it was)."""
+        if not self.__dict__.get("_post_init_done") or name not in _CORE_FIELDS + ("version",):
+            return super().__setattr__(name, value)
+        old = self.__dict__[name]
+        super().__setattr__(name, _version(value) if name == "version" else value)
+        try:
+            core = self._build_core_config(out_features=self._out_features)
+        except ValueError:
+            super().__setattr__(name, old)
+            raise
+        if name != "version":
+            super().__setattr__(name, getattr(core, name))
 
     # -- out_features / out_indices: the core's rules and messages ------------------------------
     def set_output_features_output_indices(self, out_features: list | None, out_indices: list | None) -> None:
