@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     # The subcommand is the first positional word (the top level has no options but -h).
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected).parse_args(argv)
-    return run_cli(f"convnext-backbone {args.command}", lambda: importlib.import_module(args._module).run(args))
+    # one line exactly (CONVNEXT_DEBUG=1 still shows the traceback)
+    return run_cli(f"convnext-backbone {args.command}", lambda: importlib.import_module(args._module).run(args), debug_hint=False)
 
 
 if __name__ == "__main__":

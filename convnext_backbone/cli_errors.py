@@ -4,8 +4,8 @@ One mechanism for ``convnext-backbone`` and the training commands (``convnext-d2
 ``convnext-d2-lazy-train``, ``convnext-mmseg-train``, ``convnext-mmdet-train``), each of whose
 ``main`` runs its body through ``run_cli``:
 
-* a user mistake: ``PROG: error: <message>`` and ``(set CONVNEXT_DEBUG=1 for the traceback)`` on
-  stderr, exit status 2;
+* a user mistake: ``PROG: error: <message>`` on stderr, exit status 2 (the training commands,
+  whose tracebacks run long, add a line ``(set CONVNEXT_DEBUG=1 for the traceback)``);
 * Ctrl-C: ``PROG: interrupted; <how to resume>`` on stderr, exit status 130 (128 + SIGINT, as a
   shell reports it); the note comes from the innermost ``interrupt_note`` the command was in;
 * anything else is a bug and keeps its traceback.
@@ -118,11 +118,11 @@ def interrupt_note(note: Callable[[], str | None]) -> Iterator[None]:
         raise Interrupted(text).with_traceback(sys.exc_info()[2]) from None  # where it was interrupted, for CONVNEXT_DEBUG
 
 
-def print_user_error(prog: str, e: BaseException, prefix: str = "") -> None:
-    print(f"{prog}: error: {prefix}{_message(e)}\n{DEBUG_HINT}", file=sys.stderr, flush=True)
+def print_user_error(prog: str, e: BaseException, prefix: str = "", debug_hint: bool = True) -> None:
+    print(f"{prog}: error: {prefix}{_message(e)}" + (f"\n{DEBUG_HINT}" if debug_hint else ""), file=sys.stderr, flush=True)
 
 
-def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+def run_cli(prog: str, body: Callable[[], int | None], debug_hint: bool = True) -> int:
     """Run a command's ``body``; -> its exit status, 2 after a user mistake, 130 after Ctrl-C."""
     try:
         return int(body() or 0)
@@ -136,7 +136,7 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     except Exception as e:
         if not is_user_error(e) or os.environ.get(DEBUG_ENV):
             raise
-        print_user_error(prog, e)
+        print_user_error(prog, e, debug_hint=debug_hint)
         return EXIT_USER_ERROR
 
 

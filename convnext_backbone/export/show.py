@@ -102,8 +102,8 @@ def _check_format(out: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with user_errors():  # a bad image, size, figure format or checkpoint: one line (cli_errors.run_cli)
-        _check_format(args.out)
         check_not_overwriting([args.image, args.weights], args.out)
+        _check_format(args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
         pixel_values, geometry = make_transform("letterbox", args.size)(image)
