@@ -20,7 +20,6 @@ run ids in any file that stays (the part files' names carry one; they are remove
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -146,7 +145,7 @@ class OutputLock:
     start time, command) for the message a refused run shows, and is removed when the run ends,
     so a finished export directory holds nothing that changes from run to run. Under torchrun
     rank 0 holds it for the whole run (the ranks of one run share it). On a file system without
-    ``flock`` the run goes on unlocked (``unsupported`` says why).
+    ``flock`` (or a system without ``fcntl``) the run goes on unlocked (``unsupported`` says why).
     """
 
     def __init__(self, out_dir: Path):
@@ -157,6 +156,11 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         """Take the lock; ``OutputInUse`` naming the holder if another run has it."""
+        try:
+            import fcntl  # POSIX only: imported here, the package stays importable elsewhere
+        except ImportError:
+            self.unsupported = f"{self.path.parent} cannot be locked on this system (no fcntl)"
+            return self
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
