@@ -133,8 +133,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def _why_unreadable(path: Path, e: Exception) -> str:
     """One line. torch's own messages run to paragraphs, and for a file that is no checkpoint at
     all they advise ``weights_only=False``, which would execute whatever the file holds."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror}"
+    if not head:
+        return "the file is empty"
     if path.suffix not in (".safetensors", ".pkl"):
         if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
             return "a zip archive as torch.save writes, but cut short: a truncated download or copy?"

@@ -102,14 +102,14 @@ def config_arguments(cfg) -> Iterator[None]:
     """mmengine builds each object from a config dict (``cls(**args)``, passed on through
     ``**kwargs``): a ``TypeError`` for an unexpected keyword that is a key of the config is a key
     the class does not take, a mistake in the config, reported as one line."""
+    from convnext_backbone.cli_errors import DEBUG_ENV, UserError
+
     try:
         yield
     except TypeError as e:
         m = re.search(r"got an unexpected keyword argument '(\w+)'", str(e))
-        if not m or m.group(1) not in _config_keys(cfg.to_dict()) or os.environ.get("CONVNEXT_DEBUG"):
+        if not m or m.group(1) not in _config_keys(cfg.to_dict()) or os.environ.get(DEBUG_ENV):
             raise
-        from convnext_backbone.cli_errors import UserError
-
         raise UserError(f"{e} (a key in the config or --cfg-options that it does not take?)") from e
 
 
