@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from convnext_backbone import ConvNextBackbone
-from convnext_backbone.config import PRESETS, config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
+from convnext_backbone.presets import PRESETS
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 _SIZE_LETTERS = {"atto": "A", "femto": "F", "pico": "P", "nano": "N", "tiny": "T", "small": "S", "base": "B",

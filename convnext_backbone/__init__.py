@@ -3,7 +3,8 @@
 Imports torch only; the Detectron2 and MMSegmentation adapters live in ``integrations/``.
 """
 from .accel import release_workspace
-from .config import ConvNextConfig, ConvNextV2Config, list_presets
+from .config import ConvNextConfig, ConvNextV2Config
+from .presets import list_presets
 from .convert import CheckpointError, LoadReport, load_checkpoint
 from .model import BackboneOutput, ConvNextBackbone, ConvNextForImageClassification, build_backbone
 from .processing import ConvNextImageProcessor

@@ -34,7 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from convnext_backbone.config import suggestion
+from convnext_backbone.messages import suggestion
 from convnext_backbone.fileio import atomic_write
 
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors

@@ -95,7 +95,7 @@ def from_hf_pretrained(
     Everything but the backbone loads through transformers' own ``from_pretrained`` (its key
     conversions, dtype, shards); the backbone's tensors go through the core converter. Strict:
     any tensor of either part that does not fit raises ``CheckpointError``. Returns the model in
-    eval mode; ``model.backbone_load_report`` is the core's report.
+    eval mode; ``model.load_report`` is the core's report.
     """
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
@@ -142,7 +142,7 @@ def from_hf_pretrained(
             + (f"\n  ... and {len(foreign) - 20} more" if len(foreign) > 20 else "")
         )
     model.eval()
-    model.backbone_load_report = report
+    model.load_report = report
     return model
 
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"convert failed: {e}", file=sys.stderr)
         return 2
-    print(f"{type(model).__name__}: backbone {model.backbone_load_report.summary()}; saved to {args.dst}")
+    print(f"{type(model).__name__}: backbone {model.load_report.summary()}; saved to {args.dst}")
     return 0
 
 
