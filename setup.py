@@ -8,9 +8,22 @@ Six import packages ship in one distribution:
   mmdet_convnext          the MMDetection adapter, source in integrations/mmdet_convnext
   transformers_convnext   the transformers adapter (AutoConfig/AutoBackbone), source in integrations/transformers_convnext
 """
+import ast
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-INTEGRATIONS = ("detectron2_convnext", "openmmlab_convnext", "mmseg_convnext", "mmdet_convnext", "transformers_convnext")
+
+def _adapters() -> tuple[str, ...]:
+    """``ADAPTERS`` of convnext_backbone/adapters.py (the one list), read as text: not installed yet."""
+    source = (Path(__file__).resolve().parent / "convnext_backbone" / "adapters.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["ADAPTERS"]:
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("convnext_backbone/adapters.py assigns no ADAPTERS tuple")
+
+
+INTEGRATIONS = _adapters()
 
 core_packages = find_packages(include=["convnext_backbone", "convnext_backbone.*"])
 integration_packages = find_packages(

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help=f"timed runs per implementation (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed runs first, the last one measures peak memory (default {DEFAULTS['warmup']})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="bfloat16/float16: see --precision")
     p.add_argument("--precision", default="autocast", choices=["autocast", "pure"],
                    help="how a half --dtype runs: under torch.autocast (weights fp32, as in training; default) or the "
