@@ -1,6 +1,6 @@
-"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2, MMSegmentation and MMDetection.
+"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2, MMSegmentation, MMDetection and transformers.
 
-Six import packages ship in one distribution:
+Six import packages ship in one distribution (their list: convnext_backbone/adapters.py):
   convnext_backbone       the core (imports torch only)
   detectron2_convnext     the Detectron2 adapter, source in integrations/detectron2_convnext
   openmmlab_convnext      what the OpenMMLab adapters share (mmengine only), integrations/openmmlab_convnext
@@ -44,7 +44,7 @@ EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 setup(
     name="convnext-backbone",
     version="0.1.0",
-    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation and MMDetection adapters",
+    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation, MMDetection and transformers adapters",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
