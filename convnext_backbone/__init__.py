@@ -1,9 +1,11 @@
 """ConvNeXt V1/V2 as a multi-scale backbone: one model, HF backbone semantics, every checkpoint format.
 
-Imports torch only; the Detectron2 and MMSegmentation adapters live in ``integrations/``.
+Imports torch only; the Detectron2, MMSegmentation, MMDetection and transformers adapters live in
+``integrations/`` (their package names: ``convnext_backbone.adapters.ADAPTERS``).
 """
 from .accel import release_workspace
-from .config import ConvNextConfig, ConvNextV2Config, list_presets
+from .config import ConvNextConfig, ConvNextV2Config
+from .presets import list_presets
 from .convert import CheckpointError, LoadReport, load_checkpoint
 from .model import BackboneOutput, ConvNextBackbone, ConvNextForImageClassification, build_backbone
 from .processing import ConvNextImageProcessor

@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage
 
 import detectron2_convnext as d2c
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from detectron2_convnext.optim import convnext_layer_id, default_num_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,7 +276,7 @@ def test_classification_checkpoint_initialises_backbone_only(atto_model, tmp_pat
     for k in before:  # FPN, RPN, ROI heads and output norms left at init
         if not k.startswith("backbone.bottom_up.") or k.startswith("backbone.bottom_up.norm"):
             assert torch.equal(after[k], before[k]), k
-    rep = ck.last_load_report
+    rep = ck.load_report
     assert rep.ok and len(rep.loaded) == len([k for k in cls.state_dict() if not k.startswith(("head.", "norm."))])
     assert {k.split(".")[0] for k in rep.initialized} == {"norm0", "norm1", "norm2", "norm3"}
     assert {k.split(".")[0] for k, _ in rep.dropped} == {"head", "norm"}

@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 
 import detectron2_convnext as d2c
 from convnext_backbone import CheckpointError, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from detectron2_convnext import lazy_train_net, train_net
 from detectron2_convnext.synthetic import SyntheticSpec, make_coco_split
 

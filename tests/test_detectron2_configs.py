@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import StandardROIHeads
 
 import detectron2_convnext as d2c
-from convnext_backbone.config import PRESETS
+from convnext_backbone.presets import PRESETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detectron2"
 MODEL_FILES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("Base-"))

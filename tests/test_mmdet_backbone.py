@@ -17,7 +17,7 @@ import mmdet_convnext  # noqa: F401  (registers MMDetConvNeXt & co)
 import mmseg_convnext  # noqa: F401
 import openmmlab_convnext
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_arch
+from convnext_backbone.arch import config_from_arch
 import mmdet
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmdet_convnext import MMDetConvNeXt

@@ -14,7 +14,7 @@ from helpers import official_layer_id, randomize_
 
 import mmseg_convnext  # noqa: F401  (registers MMSegConvNeXt & co)
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmseg_convnext import MMSegConvNeXt

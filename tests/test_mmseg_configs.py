@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmseg_convnext  # noqa: F401
-from convnext_backbone.config import PRESETS
+from convnext_backbone.presets import PRESETS
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from mmseg_convnext import check_segmentor

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..config import config_from_preset_name, list_presets
+from ..arch import config_from_preset_name
+from ..presets import list_presets
 from ..model import ConvNextBackbone, build_backbone
 from .images import DEFAULT_SIZE, load_image, make_transform
 

@@ -140,7 +140,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             f"{', '.join(self._outside_groups(prefix)) or 'nothing else'}"
             + (f"\n  not used: {len(report.dropped)} tensors ({', '.join(sorted({w for _, w in report.dropped}))})" if report.dropped else "")
         )
-        self.last_load_report = report
+        self.load_report = report
 
     def _outside_groups(self, prefix: str) -> list[str]:
         """Module groups outside the trunk (FPN, RPN, ROI heads), for the load log."""

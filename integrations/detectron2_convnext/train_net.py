@@ -38,8 +38,8 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from convnext_backbone.cli_errors import config_error
-from convnext_backbone.config import suggestion
 from convnext_backbone.fileio import atomic_write
+from convnext_backbone.messages import suggestion
 
 from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
 from .checkpoint import ConvNextCheckpointer
