@@ -28,7 +28,7 @@ class Command(NamedTuple):
 
 COMMANDS: tuple[Command, ...] = (
     Command("doctor", "check the installed stack and say what is unavailable", "convnext_backbone.doctor"),
-    Command("convert", "convert any supported ConvNeXt checkpoint to ours (safetensors + config.json)", "convnext_backbone.convert_cmd"),
+    Command("convert", "convert any supported ConvNeXt checkpoint to ours (safetensors + config.json)", "convnext_backbone.convert.command"),
     Command("export", "export multi-scale features of many images (resumable, torchrun-shardable)", "convnext_backbone.export.run"),
     Command("export-onnx", "export the backbone to ONNX (dynamic batch/height/width), verified in onnxruntime", "convnext_backbone.export.onnx_export"),
     Command("show", "picture of an image beside a PCA-to-RGB view of each feature level", "convnext_backbone.export.show"),

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..cli_errors import UserError, interrupt_note, user_errors
 from ..fileio import atomic_write, check_not_overwriting
+from ..messages import shortened
 from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
 from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
@@ -272,9 +273,7 @@ def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any], lock: 
     else:
         atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", fsync=True)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    notes = inputs.notes[:_MAX_NOTES] + (
-        [f"... and {len(inputs.notes) - _MAX_NOTES} more"] if len(inputs.notes) > _MAX_NOTES else []
-    )
+    notes = shortened(inputs.notes, _MAX_NOTES)
     return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes, "messages": messages,
             "run_id": f"{time.time_ns():020d}"}  # names the manifest part files only (removed at the end)
 
@@ -362,10 +361,8 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
             t = stats["total"]
             say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
                 f"-> {out / MANIFEST_NAME}")
-            for p, why in failures[:20]:
-                say(f"  failed: {p}: {why}")
-            if len(failures) > 20:
-                say(f"  ... and {len(failures) - 20} more (status \"error\" in the manifest)")
+            for line in shortened([f"failed: {p}: {why}" for p, why in failures], 20, 'more (status "error" in the manifest)'):
+                say(f"  {line}")
             stats["failures"] = failures
         return stats
     finally:

@@ -27,6 +27,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from convnext_backbone import CheckpointError
 from convnext_backbone.convert import convert_state_dict, describe_mismatch, load_converted, match_converted, read_checkpoint
 from convnext_backbone.fileio import atomic_write
+from convnext_backbone.messages import shortened
 
 from .backbone import find_convnext
 
@@ -130,7 +131,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             errs = report.errors()
             self.logger.warning(
                 f"[ConvNextCheckpointer] {source}: {len(errs)} backbone tensors did not fit and stay at init "
-                f"(non-strict load):\n  " + "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
+                f"(non-strict load):\n  " + "\n  ".join(shortened(errs))
             )
         norms = sorted({prefix + k.split(".")[0] for k in report.initialized})
         self.logger.info(
