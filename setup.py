@@ -37,7 +37,7 @@ EXTRAS = {
     "mmdet": ["mmcv==2.1.0", "mmengine==0.10.7", "mmdet==3.3.0"],
     "export": ["onnx", "onnxruntime", "matplotlib"],
     "transformers": ["transformers>=5,<6", "scipy"],  # scipy: Mask2Former's and DETR's Hungarian matching
-    "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft"],
+    "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft", "ruff"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -45,7 +45,7 @@ setup(
     name="convnext-backbone",
     version="0.1.0",
     description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation, MMDetection and transformers adapters",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=core_packages + integration_packages,

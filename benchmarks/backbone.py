@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -220,12 +219,19 @@ def profile_ours(ours: Impl, x: torch.Tensor, mode: str, title: str, args: argpa
     return f"profile of ours, {title} (top 15 by {key}):\n" + prof.key_averages().table(sort_by=key, row_limit=15)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
 def _meta(args: argparse.Namespace, memory: PeakMemory) -> dict[str, Any]:
     import timm
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = _cpu_name()
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.backbone"] + sys.argv[1:]),
@@ -315,7 +321,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _print_setup(args: argparse.Namespace, meta: dict[str, Any]) -> None:
     """One line naming what is measured how, then a warning if the machine is already busy."""
-    print(f"torch {torch.__version__}, {meta['device_name']}, {torch.get_num_threads()} threads, {args.dtype}{' (' + args.precision + ')' if args.dtype != 'float32' else ''}"
+    precision = f" ({args.precision})" if args.dtype != "float32" else ""
+    print(f"torch {torch.__version__}, {meta['device_name']}, {torch.get_num_threads()} threads, {args.dtype}{precision}"
           f"{', channels_last' if args.channels_last else ''}{', compiled ours' if args.compile else ''}; "
           f"warmup {args.warmup}, repeats {args.repeats}", flush=True)
     busy = warn_if_busy(args)

@@ -20,7 +20,7 @@ import gc
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

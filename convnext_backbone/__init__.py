@@ -5,9 +5,10 @@ Imports torch only; the Detectron2, MMSegmentation, MMDetection and transformers
 """
 from .accel import release_workspace
 from .config import ConvNextConfig, ConvNextV2Config
-from .presets import list_presets
 from .convert import CheckpointError, LoadReport, load_checkpoint
+from .export import extract_features  # the multi-scale feature export API (convnext_backbone.export)
 from .model import BackboneOutput, ConvNextBackbone, ConvNextForImageClassification, build_backbone
+from .presets import list_presets
 from .processing import ConvNextImageProcessor
 
 __version__ = "0.1.0"
@@ -22,9 +23,8 @@ __all__ = [
     "ConvNextV2Config",
     "LoadReport",
     "build_backbone",
+    "extract_features",
     "list_presets",
     "load_checkpoint",
     "release_workspace",
 ]
-
-from .export import extract_features  # noqa: E402  multi-scale feature export API (convnext_backbone.export)

@@ -27,7 +27,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "Interrupted", "UserError", "config_error", "interrupt_note",

@@ -14,9 +14,10 @@ import json
 import math
 import numbers
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .fileio import atomic_write
 from .hf_keys import HF_GENERIC_KEYS
@@ -347,7 +348,7 @@ class ConvNextConfig:
         return f"{self.model_type}(depths={self.depths}, hidden_sizes={self.hidden_sizes})"
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ConvNextConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> ConvNextConfig:
         presets = PRESETS[cls.model_type]
         if name not in presets:
             raise ValueError(f"unknown {cls.model_type} preset {name!r}{closest(name, presets, 'the presets')}")
@@ -365,7 +366,7 @@ class ConvNextConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> "ConvNextConfig":
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> ConvNextConfig:
         d = dict(d)
         model_type = d.pop("model_type", cls.model_type)
         target = CONFIG_CLASSES.get(model_type)
@@ -383,10 +384,10 @@ class ConvNextConfig:
         atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_json_file(cls, path: str | Path, **overrides: Any) -> "ConvNextConfig":
+    def from_json_file(cls, path: str | Path, **overrides: Any) -> ConvNextConfig:
         return cls.from_dict(json.loads(Path(path).read_text()), **overrides)
 
-    def copy(self, **overrides: Any) -> "ConvNextConfig":
+    def copy(self, **overrides: Any) -> ConvNextConfig:
         return self.from_dict(self.to_dict(), **overrides)
 
     def __eq__(self, other: object) -> bool:

@@ -66,7 +66,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 def check_python() -> Check:
     c = Check("python", platform.python_version(), required=True)
     c.notes.append(sys.executable)
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036  (doctor also runs where the package could not install)
         c.problems.append("Python < 3.10: torch 2.14 and this project need Python >= 3.10")
     return c
 

@@ -100,7 +100,7 @@ def init_weights_(module: nn.Module, initializer_range: float, layer_scale_init_
         init.constant_(module.gamma, layer_scale_init_value)
 
 
-def _official_init(model: "_ConvNextTrunk") -> None:
+def _official_init(model: _ConvNextTrunk) -> None:
     config = model.config
     model.apply(lambda m: init_weights_(m, config.initializer_range, config.layer_scale_init_value))
 

@@ -9,8 +9,9 @@ so pixel values match it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class ConvNextImageProcessor:
         self.image_std = list(image_std if image_std is not None else IMAGENET_STANDARD_STD)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> "ConvNextImageProcessor":
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ConvNextImageProcessor:
         """Read a HF ``preprocessor_config.json`` (file or its directory)."""
         p = Path(path)
         if p.is_dir():

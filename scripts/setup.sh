@@ -102,7 +102,7 @@ declare -A CHECKS=(
   [base]="import torch, torchvision, numpy, pkg_resources"
   [detectron2]="import detectron2.model_zoo"
   [mmcv]="from mmcv.ops import nms"
-  [project]="import importlib.util as u, os, runpy, mmseg, mmdet, mmengine, transformers, timm, onnx, onnxruntime, pycocotools
+  [project]="import importlib.util as u, os, runpy, mmseg, mmdet, mmengine, transformers, timm, onnx, onnxruntime, pycocotools, ruff
 packages = runpy.run_path(os.environ['CONVNEXT_ROOT'] + '/convnext_backbone/adapters.py')['PACKAGES']
 missing = [m for m in packages if u.find_spec(m) is None]
 assert not missing, f'not installed: {missing}'"

@@ -396,7 +396,10 @@ def test_torchrun_two_ranks_equal_single_process(weights, folder, exported, tmp_
     assert run.returncode == 0, run.stderr[-3000:]
     single, multi = manifest(exported), manifest(out)
     assert {r["rank"] for r in multi} == {0, 1}
-    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
+
     assert strip(multi) == strip(single)
     assert "export: 8 images: 6 written, 0 already done, 2 failed" in run.stderr
     for r in (r for r in single if r["status"] == "ok"):

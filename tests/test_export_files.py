@@ -90,7 +90,7 @@ def test_serialize_is_canonical(monkeypatch):
     assert len(st) == 1
     npz = set()
     for fake_now in (1_000_000_000.0, 1_500_000_000.0):  # 2001 and 2017
-        monkeypatch.setattr(time, "time", lambda: fake_now)
+        monkeypatch.setattr(time, "time", lambda now=fake_now: now)
         npz.add(serialize(tensors, "npz"))
     monkeypatch.undo()
     assert len(npz) == 1

@@ -23,17 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-
-import pytest
-from helpers import REPO, ctrl_c_note, log_tail, logged_scalars, run_logged, subprocess_env
-import torch
-
 import mmdet
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
 from convnext_backbone import CheckpointError
 from convnext_backbone.synthetic import SyntheticSpec, make_coco_split
 from mmdet_convnext.train import main as train_main
-from mmengine.registry import DefaultScope
 from openmmlab_convnext import checkpoint_problem, mmengine_checkpoint_globals
+
+from helpers import REPO, ctrl_c_note, log_tail, logged_scalars, run_logged, subprocess_env
 
 SMOKE = REPO / "configs" / "mmdet" / "smoke" / "mask_rcnn_convnextv2_atto_fpn_shapes.py"
 MMDET_TRAIN = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"  # MMDetection's own script

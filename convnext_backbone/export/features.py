@@ -6,14 +6,15 @@ import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
 from ..arch import config_from_preset_name
-from ..presets import list_presets
 from ..model import ConvNextBackbone, build_backbone
+from ..presets import list_presets
 from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = [

@@ -34,8 +34,20 @@ from ..messages import shortened
 from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
 from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
-    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, OutputLock,
-    describe_lock_record, merge_manifest, output_is_valid, read_manifest, serialize, verify_export,
+    CONFIG_NAME,
+    FEATURES_DIR,
+    FORMATS,
+    MANIFEST_NAME,
+    PARTIAL_DIR,
+    PARTS_DIR,
+    ManifestPart,
+    OutputLock,
+    describe_lock_record,
+    merge_manifest,
+    output_is_valid,
+    read_manifest,
+    serialize,
+    verify_export,
 )
 
 __all__ = ["ExportError", "add_arguments", "run", "run_export"]

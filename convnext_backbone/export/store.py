@@ -32,9 +32,10 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ class OutputLock:
         self.previous: dict[str, Any] | None = None  # the record a run that did not finish left
         self.unsupported: str | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock; ``OutputInUse`` naming the holder if another run has it."""
         try:
             import fcntl  # POSIX only: imported here, the package stays importable elsewhere
@@ -230,7 +231,7 @@ class ManifestPart:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115  (held open for appends; closed by close())
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from mmengine.logging import print_log
@@ -46,9 +47,9 @@ from mmengine.model.weight_init import initialize
 from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
 from convnext_backbone.arch import config_from_arch, resolve_arch
 from convnext_backbone.config import ConvNextConfig, resolve_out_features_out_indices, stage_names_for
-from convnext_backbone.messages import in_callers_terms
 from convnext_backbone.convert import read_checkpoint
 from convnext_backbone.hub import resolve_pretrained
+from convnext_backbone.messages import in_callers_terms
 
 __all__ = ["OpenMMLabConvNeXt", "backbone_config", "out_features_from_indices"]
 

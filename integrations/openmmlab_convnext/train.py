@@ -17,7 +17,8 @@ import logging
 import os
 import os.path as osp
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 __all__ = ["build_parser", "load_config", "preflight", "main"]
 
@@ -148,9 +149,8 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
     # the config's scope for this build only: a library call leaves mmengine's global scope alone
-    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"):
-        with config_arguments(cfg):
-            model = models.build(cfg.model)
+    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"), config_arguments(cfg):
+        model = models.build(cfg.model)
     check_in_channels(model)
 
 

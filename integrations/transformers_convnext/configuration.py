@@ -135,7 +135,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return self.to_core_config().strides
 
     # -- constructors -------------------------------------------------------------------------------
-    def with_overrides(self, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def with_overrides(self, **kwargs: Any) -> ConvNextBackboneConfig:
         """A new config with some fields changed (``out_features`` or ``out_indices`` replaces both)."""
         d = self.to_dict()
         for key in ("model_type", "transformers_version", "stage_names"):
@@ -147,12 +147,12 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return type(self)(**d)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_preset(cls, name: str, **kwargs: Any) -> ConvNextBackboneConfig:
         """``from_preset("convnextv2_tiny", out_features=[...], drop_path_rate=0.2)``; names as ``list_presets()``."""
         return cls.from_core_config(config_from_preset_name(name), **kwargs)
 
     @classmethod
-    def from_core_config(cls, core: ConvNextConfig, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_core_config(cls, core: ConvNextConfig, **kwargs: Any) -> ConvNextBackboneConfig:
         """From a core config; ``kwargs`` override its fields (and may set transformers' own ones)."""
         if not isinstance(core, ConvNextConfig):
             raise ValueError(f"expected a convnext_backbone ConvNextConfig / ConvNextV2Config, got {type(core).__name__}")
@@ -166,7 +166,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**fields)
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> ConvNextBackboneConfig:
         """From transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` (or their dicts), same outputs and weights."""
         d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
         model_type = d.get("model_type")

@@ -118,7 +118,7 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
         self.config.out_features = core.out_features  # the config's setter realigns out_indices
 
     # -- training mode, frozen stages, gradient checkpointing: the core's ---------------------------
-    def train(self, mode: bool = True) -> "ConvNextBackboneModel":
+    def train(self, mode: bool = True) -> ConvNextBackboneModel:
         """The core's ``train``: frozen stages stay in eval mode and without gradients.
 
         ``from_pretrained`` (of this class or of a model containing it) swaps in new parameters
