@@ -39,7 +39,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only ``selected``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="convnext-backbone",
-        description="ConvNeXt V1/V2 backbone for Detectron2 and MMSegmentation.",
+        description="ConvNeXt V1/V2 backbone for Detectron2, MMSegmentation, MMDetection and transformers: convert checkpoints, export multi-scale features.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:

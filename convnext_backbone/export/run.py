@@ -315,71 +315,96 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     with user_errors():  # a ValueError while setting up is a bad argument or checkpoint
         _check_args(args)
         transform = make_transform(args.resize, args.size)
-    dtype = DTYPES[args.dtype]
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
     dist = _Dist(dist_device_type)
     out = Path(args.out)
     lock = OutputLock(out)  # taken by rank 0 for the ranks of this run
     try:
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
-        with user_errors():
-            device = _device(args.device, dist.local_rank, dist.enabled)
-            model = model_from_args(args, warn=say)
-        compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
-        model.to(device=device, dtype=compute)
-        strides = dict(zip(model.out_features, model.strides))
-        config = {
-            "format_version": 1, "features": {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)},
-            "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
-            "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
-            "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
-                      "config": model.config.to_dict()},
-        }
-        plan: dict[str, Any] | None = None
-        if dist.rank == 0:
-            try:
-                plan = _prepare(args, out, config, lock)
-            except (OSError, ValueError) as e:
-                plan = {"error": str(e)}
-        plan = dist.broadcast(plan)
-        if "error" in plan:
-            raise ExportError(plan["error"])
+        device, model = _load_model(args, dist, say)
+        plan = _agree_on_plan(args, out, _export_config(args, model, transform), lock, dist)
         for message in plan["messages"]:
             say(message)
         for note in plan["notes"]:
             say(f"input: {note}")
-
-        root, ext = Path(plan["root"]), FORMATS[args.format]
-        items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
-        shard = items[dist.rank::dist.world]
-        with interrupt_note(lambda: _resume_note(out, plan["paths"]) if dist.rank == 0 else None):
-            done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
-            tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
-            writer = _Writer(out, args.format, strides, part, tmp_dir, dist.rank)
-            try:
-                stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
-            finally:
-                part.close()
-
-            all_stats = dist.gather(stats)
-            if dist.rank == 0:
-                outcome = merge_manifest(out)
-                shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        stats, all_stats, outcome = _export_shard(args, model, device, transform, plan, out, dist)
         if dist.rank == 0:
-            stats["total"] = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
-            failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
-            t = stats["total"]
-            say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
-                f"-> {out / MANIFEST_NAME}")
-            for line in shortened([f"failed: {p}: {why}" for p, why in failures], 20, 'more (status "error" in the manifest)'):
-                say(f"  {line}")
-            stats["failures"] = failures
+            _summarise(stats, all_stats, outcome, plan, out, say)
         return stats
     finally:
         lock.release()
         dist.close()
+
+
+def _load_model(args: argparse.Namespace, dist: _Dist, say) -> tuple[torch.device, torch.nn.Module]:
+    """The model on this rank's device, in the compute dtype asked for."""
+    with user_errors():
+        device = _device(args.device, dist.local_rank, dist.enabled)
+        model = model_from_args(args, warn=say)
+    compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
+    return device, model.to(device=device, dtype=compute)
+
+
+def _export_config(args: argparse.Namespace, model: torch.nn.Module, transform) -> dict[str, Any]:
+    """What makes two exports the same export (``export_config.json``; a resume must match it)."""
+    features = {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)}
+    return {
+        "format_version": 1, "features": features,
+        "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
+        "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
+        "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
+                  "config": model.config.to_dict()},
+    }
+
+
+def _agree_on_plan(args: argparse.Namespace, out: Path, config: dict[str, Any], lock: OutputLock, dist: _Dist) -> dict[str, Any]:
+    """Rank 0 checks --out, takes the lock and lists the inputs; every rank gets the same plan (or its error)."""
+    plan: dict[str, Any] | None = None
+    if dist.rank == 0:
+        try:
+            plan = _prepare(args, out, config, lock)
+        except (OSError, ValueError) as e:
+            plan = {"error": str(e)}
+    plan = dist.broadcast(plan)
+    if "error" in plan:
+        raise ExportError(plan["error"])
+    return plan
+
+
+def _export_shard(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, transform,
+                  plan: dict[str, Any], out: Path, dist: _Dist) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """This rank's share of the images -> (its stats, every rank's stats, rank 0: each image's outcome)."""
+    root, ext = Path(plan["root"]), FORMATS[args.format]
+    items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
+    shard = items[dist.rank::dist.world]
+    outcome: dict[str, str] = {}
+    with interrupt_note(lambda: _resume_note(out, plan["paths"]) if dist.rank == 0 else None):
+        done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
+        tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
+        writer = _Writer(out, args.format, dict(zip(model.out_features, model.strides)), part, tmp_dir, dist.rank)
+        try:
+            stats = _process(args, model, device, DTYPES[args.dtype], transform, shard, done, out, writer, show=dist.rank == 0)
+        finally:
+            part.close()
+        all_stats = dist.gather(stats)
+        if dist.rank == 0:
+            outcome = merge_manifest(out)
+            shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    return stats, all_stats, outcome
+
+
+def _summarise(stats: dict[str, Any], all_stats: list[dict[str, Any]], outcome: dict[str, str], plan: dict[str, Any],
+               out: Path, say) -> None:
+    """Rank 0: the totals over all ranks and the failed images, printed and added to ``stats``."""
+    stats["total"] = t = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
+    failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
+    say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
+        f"-> {out / MANIFEST_NAME}")
+    for line in shortened([f"failed: {p}: {why}" for p, why in failures], 20, 'more (status "error" in the manifest)'):
+        say(f"  {line}")
+    stats["failures"] = failures
 
 
 def _process(args, model, device, dtype, transform, shard, done, out, writer: _Writer, show: bool) -> dict[str, Any]:
