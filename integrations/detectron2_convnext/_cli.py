@@ -200,33 +200,27 @@ class ProgressBar(HookBase):
 class TrainCommand:
     """One Detectron2 training command: the steps both commands take, in order.
 
-    A subclass sets the class attributes (the config keys it reads) and defines the methods marked
-    "the command's" below; everything else is the same for both, so it is written here once.
-    An instance travels to each worker process (pickled by ``launch``): keep it small.
+    What differs between the two is data (the class attributes: which config keys hold the
+    device, AMP, weights, output directory, dataset names) and the methods above the "shared"
+    line: reading the config, checking the batch, building the model and the trainer, training
+    and evaluating. An instance travels to each worker process (pickled by ``launch``): keep it small.
     """
 
-    prog: str = ""
-    doc: str = ""                  # the parser's epilog: the command module's docstring
-    dataset_names_help: str = ""   # where a --register-coco NAME is used in this config system
-    device_key: str = ""           # the config keys the CPU fallbacks set
-    amp_key: str = ""
-    weights_key: str = ""          # the checkpoint to start from / evaluate
-    dataset_example: str = ""      # what an unregistered dataset's error adds
+    prog = ""
+    doc = ""                   # the --help epilog: the command module's docstring
+    device_key = amp_key = ""  # what the CPU fallbacks turn off
+    weights_key = ""           # the checkpoint to start from / evaluate
+    strict_key = ""            # False: load only the backbone tensors that fit
+    output_dir_key = ""
+    dataset_names_key = ""     # "{split}" / "{SPLIT}": train or test
+    dataset_names_help = ""    # where --register-coco's NAME goes
+    dataset_example = ""       # what an unregistered dataset's error adds
     config_required: str | None = None  # the error for a missing --config-file, where one is needed
-    strict_hint: str | None = None      # how to load non-strictly in this config system (None: yacs' key)
+    strict_hint: str | None = None      # how to load non-strictly here (None: the yacs key)
 
-    # -- the command's: config, model, trainer, evaluation ------------------------------------------
+    # -- the command's --------------------------------------------------------------------------
     def read_config(self, args):
         """The config file with the command line's overrides merged (mistakes as ``UserError``)."""
-        raise NotImplementedError
-
-    def output_dir(self, cfg) -> str:
-        raise NotImplementedError
-
-    def weights(self, cfg) -> str:
-        raise NotImplementedError
-
-    def strict(self, cfg) -> bool:
         raise NotImplementedError
 
     def check_batch(self, args, cfg) -> None:
@@ -238,10 +232,6 @@ class TrainCommand:
         the meta device, so backbone / head mistakes show before launching."""
         raise NotImplementedError
 
-    def datasets(self, cfg, split: str) -> tuple[str, list]:
-        """``(config key, dataset names)`` for ``split`` ("train" or "test")."""
-        raise NotImplementedError
-
     def build_trainer(self, args, cfg):
         """The trainer, weights loaded (or resumed): the job ``train`` runs."""
         raise NotImplementedError
@@ -251,11 +241,27 @@ class TrainCommand:
         raise NotImplementedError
 
     def train(self, cfg, job):
-        """Train; -> the last evaluation's results."""
+        """Train; -> the last evaluation's results (for ``eval_results.json``)."""
         raise NotImplementedError
 
     def evaluate(self, cfg, job):
         raise NotImplementedError
+
+    # -- shared: config values -----------------------------------------------------------------
+    def output_dir(self, cfg) -> str:
+        return _get(cfg, self.output_dir_key)
+
+    def weights(self, cfg) -> str:
+        return _get(cfg, self.weights_key, "")
+
+    def strict(self, cfg) -> bool:
+        return bool(_get(cfg, self.strict_key, True))
+
+    def datasets(self, cfg, split: str) -> tuple[str, list]:
+        """``(config key, dataset names)`` for ``split`` ("train" or "test"); one name may be a string."""
+        key = self.dataset_names_key.format(split=split, SPLIT=split.upper())
+        names = _get(cfg, key, [])
+        return key, [names] if isinstance(names, str) else list(names)
 
     # -- shared: parsing and config ----------------------------------------------------------------
     def argument_parser(self):

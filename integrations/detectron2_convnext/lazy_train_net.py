@@ -112,11 +112,6 @@ def _select(cfg, key: str):
     return node
 
 
-def _names(dataset_cfg) -> list[str]:
-    names = dataset_cfg.get("names", []) if isinstance(dataset_cfg, DictConfig) else []
-    return [names] if isinstance(names, str) else list(names)
-
-
 def _evaluate(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -138,8 +133,10 @@ class LazyTrainCommand(TrainCommand):
 
     prog = PROG
     doc = EPILOG
+    device_key, amp_key = "train.device", "train.amp.enabled"
+    weights_key, strict_key, output_dir_key = "train.init_checkpoint", STRICT_KEY, "train.output_dir"
+    dataset_names_key = "dataloader.{split}.dataset.names"
     dataset_names_help = "dataloader.*.dataset.names"
-    device_key, amp_key, weights_key = "train.device", "train.amp.enabled", "train.init_checkpoint"
     config_required = ("--config-file is required (a LazyConfig .py, e.g. "
                        "configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py)")
     strict_hint = LAZY_STRICT_HINT
@@ -164,15 +161,6 @@ class LazyTrainCommand(TrainCommand):
     def cpu_fallbacks(self, cfg) -> list[str]:
         return super().cpu_fallbacks(cfg) + _fast_coco_eval_fallback(cfg)
 
-    def output_dir(self, cfg) -> str:
-        return cfg.train.output_dir
-
-    def weights(self, cfg) -> str:
-        return cfg.train.get("init_checkpoint", "")
-
-    def strict(self, cfg) -> bool:
-        return bool(cfg.train.get("init_checkpoint_strict", True))
-
     def check_batch(self, args, cfg) -> None:
         world = args.num_gpus * args.num_machines
         batch = cfg.dataloader.train.get("total_batch_size")
@@ -181,9 +169,6 @@ class LazyTrainCommand(TrainCommand):
 
     def meta_model(self, cfg):
         return instantiate(cfg.model)
-
-    def datasets(self, cfg, split: str) -> tuple[str, list]:
-        return f"dataloader.{split}.dataset.names", _names(cfg.dataloader.get(split, {}).get("dataset"))
 
     def _model(self, cfg):
         model = instantiate(cfg.model)
@@ -239,21 +224,9 @@ def _hooks(cfg, job: _Job, checkpointer) -> list:
 
 
 _COMMAND = LazyTrainCommand()
-
-
-def argument_parser():
-    return _COMMAND.argument_parser()
-
-
-def load_config(args):
-    """``(cfg, notes)``: the LazyConfig with the overrides applied and the fallbacks taken."""
-    return _COMMAND.load_config(args)
-
-
-def preflight(args, cfg) -> None:
-    """As ``convnext-d2-train``'s (``TrainCommand.preflight``): batch splits over the processes,
-    weights to start from, model builds (meta), datasets registered with their files."""
-    _COMMAND.preflight(args, cfg)
+argument_parser = _COMMAND.argument_parser
+load_config = _COMMAND.load_config  # -> (cfg, notes): the overrides applied, the fallbacks taken
+preflight = _COMMAND.preflight      # as convnext-d2-train's: checks before any worker starts
 
 
 def build(args) -> _Job:

@@ -138,8 +138,10 @@ class YacsTrainCommand(TrainCommand):
 
     prog = PROG
     doc = EPILOG
+    device_key, amp_key = "MODEL.DEVICE", "SOLVER.AMP.ENABLED"
+    weights_key, strict_key, output_dir_key = "MODEL.WEIGHTS", "MODEL.CONVNEXT.STRICT_LOAD", "OUTPUT_DIR"
+    dataset_names_key = "DATASETS.{SPLIT}"
     dataset_names_help = "DATASETS.TRAIN / DATASETS.TEST"
-    device_key, amp_key, weights_key = "MODEL.DEVICE", "SOLVER.AMP.ENABLED", "MODEL.WEIGHTS"
     dataset_example = " (or use a name Detectron2 knows, e.g. coco_2017_train)"
 
     def __init__(self, trainer_class=Trainer):
@@ -164,15 +166,6 @@ class YacsTrainCommand(TrainCommand):
         cfg.freeze()
         return cfg, notes
 
-    def output_dir(self, cfg) -> str:
-        return cfg.OUTPUT_DIR
-
-    def weights(self, cfg) -> str:
-        return cfg.MODEL.WEIGHTS
-
-    def strict(self, cfg) -> bool:
-        return cfg.MODEL.CONVNEXT.STRICT_LOAD
-
     def check_batch(self, args, cfg) -> None:
         world = args.num_gpus * args.num_machines
         try:  # SOLVER.REFERENCE_WORLD_SIZE: Detectron2 rescales the batch to the world size first
@@ -187,10 +180,6 @@ class YacsTrainCommand(TrainCommand):
 
     def meta_model(self, cfg):
         return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
-
-    def datasets(self, cfg, split: str) -> tuple[str, list]:
-        key = f"DATASETS.{split.upper()}"
-        return key, cfg.DATASETS.get(split.upper())
 
     def build_trainer(self, args, cfg):
         trainer = self.trainer_class(cfg)
@@ -210,25 +199,10 @@ class YacsTrainCommand(TrainCommand):
 
 
 _COMMAND = YacsTrainCommand()
-
-
-def argument_parser():
-    return _COMMAND.argument_parser()
-
-
-def load_config(args):
-    """``(cfg, notes)``: the frozen config with the command line applied, and the CPU fallbacks taken."""
-    return _COMMAND.load_config(args)
-
-
-def preflight(args, cfg) -> None:
-    """Checks that stop a bad job in the launching process, before any worker starts (``TrainCommand.preflight``)."""
-    _COMMAND.preflight(args, cfg)
-
-
-def setup(args):
-    """Per-process: the config, Detectron2's ``default_setup`` (logs, config dump, seed), our logger."""
-    return _COMMAND.setup(args)
+argument_parser = _COMMAND.argument_parser
+load_config = _COMMAND.load_config  # -> (cfg, notes): frozen, the command line applied, the CPU fallbacks taken
+preflight = _COMMAND.preflight      # checks in the launching process, before any worker starts
+setup = _COMMAND.setup              # per process: config, default_setup, our logger
 
 
 def build(args, trainer_class=Trainer):
