@@ -47,6 +47,7 @@ from .synthetic import register_coco
 __all__ = [
     "UserError", "EXIT_USER_ERROR", "RESUME_FLAG", "TrainCommand", "ProgressBar", "run", "user_errors",
     "check_no_flags_in_overrides", "check_datasets", "check_weights", "register_datasets", "launch_cli",
+    "config_value", "set_config_value",
 ]
 
 RESUME_FLAG = "add --resume to the same command (before the config overrides)"
@@ -162,7 +163,8 @@ def check_weights(key: str, weights: str, output_dir: str, args) -> None:
 
 
 # --- config access common to yacs CfgNode and OmegaConf DictConfig (both Mappings) ---------------
-def _get(cfg, key: str, default: Any = None) -> Any:
+def config_value(cfg, key: str, default: Any = None) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``, or ``default`` where a part is missing."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -171,9 +173,9 @@ def _get(cfg, key: str, default: Any = None) -> Any:
     return node
 
 
-def _set(cfg, key: str, value: Any) -> None:
+def set_config_value(cfg, key: str, value: Any) -> None:
     parent, _, leaf = key.rpartition(".")
-    setattr(_get(cfg, parent) if parent else cfg, leaf, value)
+    setattr(config_value(cfg, parent) if parent else cfg, leaf, value)
 
 
 class ProgressBar(HookBase):
@@ -249,18 +251,18 @@ class TrainCommand:
 
     # -- shared: config values -----------------------------------------------------------------
     def output_dir(self, cfg) -> str:
-        return _get(cfg, self.output_dir_key)
+        return config_value(cfg, self.output_dir_key)
 
     def weights(self, cfg) -> str:
-        return _get(cfg, self.weights_key, "")
+        return config_value(cfg, self.weights_key, "")
 
     def strict(self, cfg) -> bool:
-        return bool(_get(cfg, self.strict_key, True))
+        return bool(config_value(cfg, self.strict_key, True))
 
     def datasets(self, cfg, split: str) -> tuple[str, list]:
         """``(config key, dataset names)`` for ``split`` ("train" or "test"); one name may be a string."""
         key = self.dataset_names_key.format(split=split, SPLIT=split.upper())
-        names = _get(cfg, key, [])
+        names = config_value(cfg, key, [])
         return key, [names] if isinstance(names, str) else list(names)
 
     # -- shared: parsing and config ----------------------------------------------------------------
@@ -288,13 +290,13 @@ class TrainCommand:
         notes = []
         if torch.cuda.is_available():
             return notes
-        device = _get(cfg, self.device_key, "cuda")
+        device = config_value(cfg, self.device_key, "cuda")
         if str(device).startswith("cuda"):
             notes.append(f"CUDA is not available: {self.device_key} {device} -> cpu")
-            _set(cfg, self.device_key, "cpu")
-        if _get(cfg, self.amp_key, False):
+            set_config_value(cfg, self.device_key, "cpu")
+        if config_value(cfg, self.amp_key, False):
             notes.append(f"{self.amp_key} needs CUDA (Detectron2's AMPTrainer): disabled on CPU")
-            _set(cfg, self.amp_key, False)
+            set_config_value(cfg, self.amp_key, False)
         return notes
 
     # -- shared: the launching process -------------------------------------------------------------

@@ -31,7 +31,7 @@ from convnext_backbone.cli_errors import config_error
 from convnext_backbone.messages import suggestion
 
 from . import _cli
-from ._cli import ProgressBar, TrainCommand, UserError
+from ._cli import ProgressBar, TrainCommand, UserError, config_value
 from .checkpoint import ConvNextCheckpointer
 from .distributed import cpu_sync_batchnorm, create_ddp_model
 
@@ -90,7 +90,7 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
         if key == STRICT_KEY or "=" not in item:
             continue  # our own key; a malformed item is left to the override parser
         parent_key, _, leaf = key.rpartition(".")
-        parent = cfg if not parent_key else _select(cfg, parent_key)
+        parent = cfg if not parent_key else config_value(cfg, parent_key)
         if not isinstance(parent, DictConfig) or leaf in parent:
             continue
         if "_target_" in parent:
@@ -101,15 +101,6 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
         siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent.keys()]
         close = suggestion(key, siblings, cutoff=0.6)
         raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close}?)" if close else ""))
-
-
-def _select(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _evaluate(cfg, model):
