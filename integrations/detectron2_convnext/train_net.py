@@ -120,7 +120,6 @@ def _config_keys(node, prefix="") -> list[str]:
     return keys
 
 
-
 def _merge_error(args, cfg, e: Exception) -> UserError:
     """yacs reports a bad override with ``assert`` / ``KeyError``: one line, with the closest key."""
     msg = str(e.args[0]) if e.args else str(e)
