@@ -15,10 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 import pytest
 import torch
-
-import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 

@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog

@@ -20,7 +20,6 @@ import os
 import re
 
 import numpy as np
-
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 

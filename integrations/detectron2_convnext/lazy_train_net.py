@@ -65,11 +65,11 @@ def _has_fast_coco_eval() -> bool:
 def _fast_coco_eval_fallback(cfg) -> list[str]:
     """The recipes ask for the fast COCO evaluator; without detectron2's compiled ops use pycocotools."""
     evaluator = cfg.dataloader.get("evaluator")
-    if isinstance(evaluator, DictConfig) and "COCOEvaluator" in str(evaluator.get("_target_", "")):
-        if evaluator.get("use_fast_impl", True) and not _has_fast_coco_eval():
-            evaluator.use_fast_impl = False
-            return ["COCOEvaluator use_fast_impl needs Detectron2's compiled ops (detectron2._C): "
-                    "using the pycocotools path"]
+    is_coco = isinstance(evaluator, DictConfig) and "COCOEvaluator" in str(evaluator.get("_target_", ""))
+    if is_coco and evaluator.get("use_fast_impl", True) and not _has_fast_coco_eval():
+        evaluator.use_fast_impl = False
+        return ["COCOEvaluator use_fast_impl needs Detectron2's compiled ops (detectron2._C): "
+                "using the pycocotools path"]
     return []
 
 
@@ -98,7 +98,7 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
                 continue
             target = getattr(parent._target_, "__qualname__", parent._target_)
             raise UserError(f"override {item!r}: {target} takes no argument {leaf!r} (set at {parent_key})")
-        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent.keys()]
+        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent]
         close = suggestion(key, siblings, cutoff=0.6)
         raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close}?)" if close else ""))
 
