@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import CONFIG_CLASSES, FIELDS, ConvNextConfig
 from .messages import closest
-from .presets import PRESETS, list_presets, model_type_of_version, split_preset_name
+from .presets import PRESET_FIELDS, PRESETS, list_presets, model_type_of_version, split_preset_name
 
 __all__ = ["config_from_arch", "config_from_preset_name", "resolve_arch"]
 
@@ -22,7 +22,8 @@ def config_from_preset_name(name: str, **overrides: Any) -> ConvNextConfig:
 
 
 def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dict[str, Any]]:
-    """``arch`` (+ ``version``) -> ``(model_type, dict(depths=[...], hidden_sizes=[...]))``. Accepted:
+    """``arch`` (+ ``version``) -> ``(model_type, dict(depths=[...], hidden_sizes=[...], ...))`` (a preset
+    adds the fields it sets besides its shape, e.g. ``norm_eps`` for ``convnext_xxlarge``). Accepted:
 
     - a preset name: ``'convnext_tiny'``, ``'convnextv2_atto'`` (``-`` for ``_`` and any case);
     - a size name: ``'tiny'``, with ``version='v1'|'v2'`` where the size exists in both (without a
@@ -46,7 +47,7 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
         raise ValueError(f"arch must be a preset name such as 'convnext_tiny' / 'convnextv2_atto' or a dict(depths, dims), got {arch!r}")
     model_type, size = _preset_from_name(arch, model_type, version)
     depths, hidden = PRESETS[model_type][size]
-    return model_type, {"depths": list(depths), "hidden_sizes": list(hidden)}
+    return model_type, {"depths": list(depths), "hidden_sizes": list(hidden), **PRESET_FIELDS.get(f"{model_type}_{size}", {})}
 
 
 def _shape_from_dict(arch: dict) -> dict[str, list[int]]:

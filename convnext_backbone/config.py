@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .families import get_family
 from .fileio import atomic_write
 from .hf_keys import HF_GENERIC_KEYS
 from .messages import closest
-from .presets import PRESETS, preset_name
+from .presets import PRESET_FIELDS, PRESETS, preset_name
 
 __all__ = [
     "CONFIG_CLASSES",
@@ -189,6 +190,11 @@ def _flag(field: str, value: Any, why: str) -> bool:
     return bool(value)
 
 
+def _family(field: str, value: Any) -> str | None:
+    """A known weights family name (``convnext_backbone.families``), or None (not known)."""
+    return None if value is None else get_family(value).name
+
+
 def _activation(field: str, value: Any) -> str:
     if value != "gelu":
         raise ValueError(f"{field} must be 'gelu' (the only activation ConvNeXt uses), got {value!r}")
@@ -202,8 +208,9 @@ _NON_NEGATIVE = _Range(0)
 @dataclass(frozen=True)
 class Field:
     """A config field: its default, its own rule (type and range, applied at construction and on
-    every later assignment), and its group: ``shape`` (transformers' ConvNeXt fields), ``knob``
-    (the backbone's training/output settings), ``runtime`` / ``head`` (the rest)."""
+    every later assignment), and its group: ``shape`` (transformers' ConvNeXt fields), ``arch``
+    (architecture fields transformers' configs lack), ``knob`` (the backbone's training/output
+    settings), ``meta`` (what the weights are), ``runtime`` / ``head`` (the rest)."""
 
     default: Any
     rule: Callable[[str, Any], Any]
@@ -225,11 +232,14 @@ FIELDS: dict[str, Field] = {
     "drop_path_rate": Field(0.0, lambda f, v: _real(f, v, _Range(0, 1, high_open=True),
                                                     "stochastic depth, rising linearly over the blocks to this rate"), "shape"),
     "image_size": Field(224, lambda f, v: _whole(f, v, _AT_LEAST_1, "the pre-training image size, metadata only"), "shape"),
+    # timm's convnext_xxlarge (the CLIP ConvNeXt-XXL) uses 1e-5; every other ConvNeXt 1e-6.
+    "norm_eps": Field(1e-6, lambda f, v: _real(f, v, _Range(0, low_open=True), "eps of every LayerNorm in the trunk and output norms"), "arch"),
     "norm_outputs": Field(True, lambda f, v: _flag(f, v, "a LayerNorm on each returned map"), "knob"),
     "frozen_stages": Field(-1, lambda f, v: _integer(f, v), "knob"),  # its range depends on num_stages: `_validate`
     "channels_last": Field(True, lambda f, v: _flag(f, v, "NHWC activations inside"), "knob"),
     "gradient_checkpointing": Field(False, lambda f, v: _flag(f, v, "recompute each block in backward"), "runtime"),
     "output_hidden_states": Field(False, lambda f, v: _flag(f, v, "forward's default for output_hidden_states"), "runtime"),
+    "weights_family": Field(None, _family, "meta"),  # e.g. clip_laion2b: its input normalisation and license
     "num_labels": Field(1000, lambda f, v: _whole(f, v, _AT_LEAST_1, "classes of the classification head"), "head"),
 }
 
@@ -353,7 +363,7 @@ class ConvNextConfig:
         if name not in presets:
             raise ValueError(f"unknown {cls.model_type} preset {name!r}{closest(name, presets, 'the presets')}")
         depths, hidden_sizes = presets[name]
-        kwargs: dict[str, Any] = {"depths": depths, "hidden_sizes": hidden_sizes}
+        kwargs: dict[str, Any] = {"depths": depths, "hidden_sizes": hidden_sizes, **PRESET_FIELDS.get(f"{cls.model_type}_{name}", {})}
         kwargs.update(overrides)
         return cls(**kwargs)
 

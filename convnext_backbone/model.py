@@ -23,7 +23,7 @@ from . import accel
 from .arch import config_from_preset_name
 from .config import ConvNextConfig, output_norm_name
 from .convert import from_pretrained, save_pretrained
-from .layers import GRN, LN_EPS, Block, LayerNorm2d
+from .layers import GRN, Block, LayerNorm2d
 
 __all__ = [
     "BackboneOutput",
@@ -117,8 +117,8 @@ class _ConvNextTrunk(nn.Module):
         self.config = config = config.copy()
         h, patch = config.hidden_sizes, config.patch_size
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], kernel_size=patch, stride=patch), LayerNorm2d(h[0], eps=LN_EPS))]
-            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), nn.Conv2d(h[i - 1], h[i], kernel_size=2, stride=2))
+            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], kernel_size=patch, stride=patch), LayerNorm2d(h[0], eps=config.norm_eps))]
+            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=config.norm_eps), nn.Conv2d(h[i - 1], h[i], kernel_size=2, stride=2))
                for i in range(1, config.num_stages)]
         )
         rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()  # cpu: works under torch.device("meta")
@@ -126,7 +126,7 @@ class _ConvNextTrunk(nn.Module):
         start = 0
         for i, depth in enumerate(config.depths):
             self.stages.append(Stage(*[
-                Block(h[i], rates[start + j], config.layer_scale_init_value, config.uses_grn) for j in range(depth)
+                Block(h[i], rates[start + j], config.layer_scale_init_value, config.uses_grn, config.norm_eps) for j in range(depth)
             ]))
             start += depth
         self._accelerate = True
@@ -283,7 +283,7 @@ class ConvNextBackbone(_ConvNextTrunk):
             name = output_norm_name(i)
             norm = self._modules.pop(name, None)
             if i in want and norm is None:
-                norm = LayerNorm2d(self.config.channels_per_stage[i], eps=LN_EPS)
+                norm = LayerNorm2d(self.config.channels_per_stage[i], eps=self.config.norm_eps)
                 if ref.device.type != "meta":
                     norm.to(device=ref.device, dtype=ref.dtype)
             if i in want:

@@ -6,9 +6,10 @@ from typing import Any
 
 from .messages import closest
 
-__all__ = ["PRESETS", "VERSIONS", "list_presets", "model_type_of_version", "preset_name", "split_preset_name", "version_of"]
+__all__ = ["PRESETS", "PRESET_FIELDS", "VERSIONS", "list_presets", "model_type_of_version", "preset_name", "split_preset_name", "version_of"]
 
-# (depths, hidden_sizes) as published: V1 in "A ConvNet for the 2020s", V2 in "ConvNeXt V2".
+# (depths, hidden_sizes) as published: V1 in "A ConvNet for the 2020s", V2 in "ConvNeXt V2", and the
+# CLIP ConvNeXt-XXL of "Reproducible scaling laws for contrastive language-image learning" (open_clip).
 PRESETS: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...]]]] = {
     "convnext": {
         "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
@@ -16,6 +17,7 @@ PRESETS: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...]]]] = {
         "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
         "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
         "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+        "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072)),  # CLIP's largest ConvNeXt (open_clip / timm)
     },
     "convnextv2": {
         "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -28,6 +30,9 @@ PRESETS: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...]]]] = {
         "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
     },
 }
+
+# Fields a preset sets besides its shape (as timm builds that model).
+PRESET_FIELDS: dict[str, dict[str, Any]] = {"convnext_xxlarge": {"norm_eps": 1e-5}}
 
 # Every accepted spelling of a version -> the model type (= preset prefix, config.json model_type).
 VERSIONS = {"v1": "convnext", "v2": "convnextv2", "convnext": "convnext", "convnextv2": "convnextv2"}

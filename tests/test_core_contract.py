@@ -83,9 +83,12 @@ def test_setters_rederive_the_other():
 
 
 def test_presets_match_published_shapes():
-    assert list_presets("convnext") == [f"convnext_{s}" for s in ["tiny", "small", "base", "large", "xlarge"]]
+    assert list_presets("convnext") == [f"convnext_{s}" for s in ["tiny", "small", "base", "large", "xlarge", "xxlarge"]]
     assert list_presets("convnextv2") == [f"convnextv2_{s}" for s in ["atto", "femto", "pico", "nano", "tiny", "base", "large", "huge"]]
     assert PRESETS["convnextv2"]["huge"] == ((3, 3, 27, 3), (352, 704, 1408, 2816))
+    assert PRESETS["convnext"]["xxlarge"] == ((3, 4, 30, 3), (384, 768, 1536, 3072))  # CLIP's ConvNeXt-XXL (timm)
+    xxl = ConvNextConfig.from_preset("xxlarge")
+    assert xxl.norm_eps == 1e-5 and ConvNextConfig.from_preset("xlarge").norm_eps == 1e-6  # as timm builds them
     cfg = ConvNextV2Config.from_preset("nano")
     assert cfg.depths == [2, 2, 8, 2] and cfg.hidden_sizes == [80, 160, 320, 640]
     assert type(build_backbone("convnext_small").config) is ConvNextConfig

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..config import CONFIG_CLASSES, ConvNextConfig, ConvNextV2Config, output_norm_name, stage_names_for
+from ..presets import PRESET_FIELDS, preset_name
 from .reading import CheckpointError
 
 __all__ = ["Conversion", "convert_state_dict", "detect_format", "infer_config"]
@@ -18,9 +19,11 @@ _PREFIXES = ("module.", "backbone.bottom_up.", "backbone.", "encoder.", "model."
 
 
 def detect_format(state: Mapping[str, torch.Tensor]) -> str:
-    """One of: official, fcmae, hf, timm, mmpretrain. Raises CheckpointError for anything else."""
+    """One of: official, fcmae, hf, dinov3_hf, timm, mmpretrain. Raises CheckpointError for anything else."""
     keys = list(state)
     joined = "\n".join(keys)
+    if re.search(r"(^|\.)stages\.\d+\.(layers\.\d+\.depthwise_conv|downsample_layers\.\d)\.", joined, re.M):
+        return "dinov3_hf"  # transformers' DINOv3ConvNextModel / DINOv3ConvNextBackbone
     if re.search(r"(^|\.)(embeddings\.patch_embeddings|stages\.\d+\.(layers|downsampling_layer))\.", joined, re.M):
         return "hf"
     if re.search(r"(^|\.)stages[._]\d+\.blocks\.\d+\.conv_dw\.", joined, re.M):
@@ -32,7 +35,7 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     if re.search(r"(^|\.)stages\.\d+\.\d+\.dwconv\.weight", joined, re.M):
         return "official"
     raise CheckpointError(
-        "unrecognised checkpoint: no ConvNeXt layout (official, FCMAE, HF transformers, timm, mmpretrain) matches its "
+        "unrecognised checkpoint: no ConvNeXt layout (official, FCMAE, HF transformers, DINOv3, timm, open_clip, mmpretrain) matches its "
         f"keys; first keys: {keys[:8]}"
     )
 
@@ -80,6 +83,18 @@ def _hf_key(k: str) -> str | None:
     return _apply_rules(k, rules)
 
 
+def _dinov3_hf_key(k: str) -> str | None:
+    rules = [
+        (r"^stages\.(\d+)\.downsample_layers\.(\d)\.", r"downsample_layers.\1.\2."),
+        (r"^stages\.(\d+)\.layers\.(\d+)\.depthwise_conv\.", r"stages.\1.\2.dwconv."),
+        (r"^stages\.(\d+)\.layers\.(\d+)\.layer_norm\.", r"stages.\1.\2.norm."),
+        (r"^stages\.(\d+)\.layers\.(\d+)\.pointwise_conv(\d)\.", r"stages.\1.\2.pwconv\3."),
+        (r"^stages\.(\d+)\.layers\.(\d+)\.gamma$", r"stages.\1.\2.gamma"),
+        (r"^layer_norm\.", "norm."),  # applied to the pooled and patch tokens: the final norm, as a classifier's
+    ]
+    return _apply_rules(k, rules)
+
+
 def _timm_key(k: str) -> str | None:
     k = re.sub(r"^(stem|stages)_(\d+)", r"\1.\2", k)  # features_only FeatureListNet names
     rules = [
@@ -92,6 +107,7 @@ def _timm_key(k: str) -> str | None:
         (r"^stages\.(\d+)\.blocks\.(\d+)\.(norm\.|gamma$)", r"stages.\1.\2.\3"),
         (r"^head\.norm\.", "norm."),
         (r"^head\.fc\.", "head."),
+        (r"^head\.pre_logits\.fc\.", "head.pre_logits.fc."),  # convnext_large_mlp's MLP head: a classifier part
     ]
     return _apply_rules(k, rules)
 
@@ -124,7 +140,7 @@ def _fcmae_key(k: str) -> str | None:
     return k
 
 
-_KEY_MAPS = {"hf": _hf_key, "timm": _timm_key, "mmpretrain": _mmpretrain_key, "official": _official_key, "fcmae": _fcmae_key}
+_KEY_MAPS = {"hf": _hf_key, "dinov3_hf": _dinov3_hf_key, "timm": _timm_key, "mmpretrain": _mmpretrain_key, "official": _official_key, "fcmae": _fcmae_key}
 
 # Keys of a whole detector / segmentor / pre-training model that are not the trunk.
 _NON_TRUNK = re.compile(
@@ -155,32 +171,62 @@ class Conversion:
     mapping: list[tuple[str, str]] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     unknown: list[str] = field(default_factory=list)
+    layout: str = ""  # the source format, or the checkpoint kind around it: open_clip, eupe
+
+    @property
+    def head_classes(self) -> int | None:
+        """Classes of the classification head in the file (1000, 21841, ...), if it has one."""
+        head = self.state_dict.get("head.weight")
+        return int(head.shape[0]) if head is not None else None
 
 
-def convert_state_dict(state: Mapping[str, torch.Tensor], fmt: str | None = None) -> Conversion:
-    """Rename and reshape any supported layout into the official one."""
+_WHOLE_MODEL = "not part of the backbone (detector/segmentor head or pre-training decoder)"
+# Checkpoints that hold more than the image trunk: what else is in them, and why it is dropped.
+_CLIP_TRUNK = "visual.trunk."
+_CLIP_HEAD = (r"^visual\.head\.", "CLIP image projection head (image features -> the joint image-text space)")
+_CLIP_TEXT = "CLIP text tower (not part of the image backbone)"
+_DISTILL_EXTRAS = (r"^(norms|projectors)\.", "DINOv3/EUPE distillation feature norms and projectors (pre-training heads)")
+
+
+def _split_trunk(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], list[tuple[str, str]], str]:
+    """``(trunk tensors by wrapper-free key, original key of each, dropped with why, layout)``."""
     stripped: dict[str, torch.Tensor] = {}
     originals: dict[str, str] = {}
     dropped: list[tuple[str, str]] = []
+    layout = ""
+    open_clip = any(_strip_prefix(k)[0].startswith(_CLIP_TRUNK) for k in state)
     for k, v in state.items():
-        if _NON_TRUNK.match(k):
-            dropped.append((k, "not part of the backbone (detector/segmentor head or pre-training decoder)"))
-            continue
         sk, _ = _strip_prefix(k)
-        if _NON_TRUNK.match(sk):
-            dropped.append((k, "not part of the backbone (detector/segmentor head or pre-training decoder)"))
+        if open_clip:  # an open_clip model: the image tower's trunk is a timm ConvNeXt
+            layout = "open_clip"
+            if not sk.startswith(_CLIP_TRUNK):
+                dropped.append((k, _CLIP_HEAD[1] if re.match(_CLIP_HEAD[0], sk) else _CLIP_TEXT))
+                continue
+            sk = sk[len(_CLIP_TRUNK):]
+        elif re.match(_DISTILL_EXTRAS[0], sk):
+            layout = "eupe"
+            dropped.append((k, _DISTILL_EXTRAS[1]))
+            continue
+        if _NON_TRUNK.match(k) or _NON_TRUNK.match(sk):
+            dropped.append((k, _WHOLE_MODEL))
             continue
         if sk.endswith("num_batches_tracked"):
             dropped.append((k, "bookkeeping buffer"))
             continue
         stripped[sk] = v
         originals[sk] = k
+    return stripped, originals, dropped, layout
+
+
+def convert_state_dict(state: Mapping[str, torch.Tensor], fmt: str | None = None) -> Conversion:
+    """Rename and reshape any supported layout into the official one."""
+    stripped, originals, dropped, layout = _split_trunk(state)
     fmt = fmt or detect_format(stripped)
     if fmt not in _KEY_MAPS:
         raise CheckpointError(f"unknown format {fmt!r}; expected one of {list(_KEY_MAPS)}")
     key_map = _KEY_MAPS[fmt]
     out: dict[str, torch.Tensor] = {}
-    conv = Conversion(out, fmt, dropped=dropped)
+    conv = Conversion(out, fmt, dropped=dropped, layout=layout or fmt)
     for sk, v in stripped.items():
         nk = key_map(sk)
         if nk is None:
@@ -222,6 +268,7 @@ def infer_config(state: Mapping[str, torch.Tensor], config_dict: Mapping[str, An
         hidden = [int(state[f"stages.{i}.0.dwconv.weight"].shape[0]) for i in range(num_stages)]
         kw.update(num_channels=int(stem.shape[1]), patch_size=int(stem.shape[-1]), num_stages=num_stages,
                   depths=depths, hidden_sizes=hidden, layer_norm_eps=1e-6)
+        kw.update(PRESET_FIELDS.get(preset_name(cls.model_type, depths, hidden) or "", {}))  # xxlarge: timm's norm eps
         if not grn:
             kw["layer_scale_init_value"] = 1e-6 if "stages.0.0.gamma" in state else 0.0
         if "head.weight" in state:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import OUTPUT_NORM_KEY, ConvNextConfig
+from ..families import FAMILIES, detect_family
 from ..messages import shortened
 from .formats import Conversion, convert_state_dict, infer_config
 from .reading import CheckpointError, read_checkpoint
@@ -25,6 +27,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, file, model
+    weights_family: str | None = None  # where the weights come from (families.FAMILIES), if known
+    weights_family_source: str = ""  # how that was told: the layout, the name, the config
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` the weights were trained with (0..1 pixels, RGB), if the family is known."""
+        family = FAMILIES.get(self.weights_family or "")
+        return (family.mean, family.std) if family else None
 
     @property
     def ok(self) -> bool:
@@ -45,6 +55,8 @@ class LoadReport:
         if self.dropped:
             groups = sorted({k.split('.')[0] for k, _ in self.dropped})
             parts.append(f"dropped={len(self.dropped)} ({', '.join(groups[:6])}{'...' if len(groups) > 6 else ''})")
+        if self.weights_family:
+            parts.append(f"weights={self.weights_family} ({FAMILIES[self.weights_family].license})")
         if not self.ok:
             parts.append(f"errors={len(self.errors())}")
         return "; ".join(parts)
@@ -133,10 +145,14 @@ def describe_mismatch(report: LoadReport, conv: Conversion, model: nn.Module, pr
 
 
 def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",
-                   hint: str | None = STRICT_HINT) -> LoadReport:
+                   hint: str | None = STRICT_HINT, name: str | None = None) -> LoadReport:
     """Load a converted state dict; with ``strict`` any real mismatch raises ``CheckpointError``
     naming both architectures when they differ, then the keys (shape mismatches first), then ``hint``
-    (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint)."""
+    (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint).
+
+    The weights' family (``families``) goes into the report and, unless the model's config already
+    names one (the user's word wins), into ``model.config.weights_family``. ``name``: the name the
+    user gave (a hub id, a file name), whose tokens tell the family best; default ``source``."""
     report, to_load = match_converted(model, conv)
     if strict and not report.ok:
         raise CheckpointError(
@@ -148,4 +164,23 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
         for k, v in to_load.items():
             own[k].copy_(v.to(own[k].dtype))
     report.loaded = sorted(to_load)
+    _record_family(model, conv, report, name or source)
     return report
+
+
+def _record_family(model: nn.Module, conv: Conversion, report: LoadReport, name: str) -> None:
+    config = getattr(model, "config", None)
+    given = config.weights_family if isinstance(config, ConvNextConfig) else None
+    if given:
+        report.weights_family, report.weights_family_source = given, "set in the config"
+        return
+    family, how = detect_family(conv.layout, any(".grn." in k for k in conv.state_dict), conv.head_classes, _short_name(name))
+    report.weights_family, report.weights_family_source = (family.name if family else None), how
+    if family and isinstance(config, ConvNextConfig):
+        config.weights_family = family.name
+
+
+def _short_name(name: str) -> str:
+    """The part of a path that names the weights: the file and its folder (``dinov3-convnext-tiny/model.safetensors``),
+    not the folders above, whose names say nothing about them."""
+    return "/".join(Path(str(name)).parts[-2:])

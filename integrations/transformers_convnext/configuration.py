@@ -27,7 +27,7 @@ __all__ = ["ConvNextBackboneConfig", "MODEL_TYPE"]
 MODEL_TYPE = "convnext_backbone"
 
 _SHAPE_FIELDS = fields_in("shape")  # shared with transformers' ConvNextConfig / ConvNextV2Config
-_CORE_FIELDS = fields_in("shape", "knob")  # shared with the core config
+_CORE_FIELDS = fields_in("shape", "arch", "knob", "meta")  # shared with the core config
 
 
 def _version(value: Any) -> str:
