@@ -353,9 +353,12 @@ class ProcessorResize:
         return self.processor.preprocess_one(x), {"image_hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
-def make_transform(resize: str = "letterbox", size: int = DEFAULT_SIZE) -> Letterbox | ProcessorResize:
+def make_transform(resize: str = "letterbox", size: int = DEFAULT_SIZE, mean=IMAGENET_DEFAULT_MEAN,
+                   std=IMAGENET_DEFAULT_STD) -> Letterbox | ProcessorResize:
+    """The preprocessing of ``resize`` at ``size``, normalising with ``mean``/``std`` (0..1 pixels, RGB:
+    the weights' own, see ``export.features.normalisation``)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not isinstance(size, int) or size < 32 or size % 32:
         raise ValueError(f"size must be a positive multiple of 32 (the stride of stage4), got {size!r}")
-    return Letterbox(size) if resize == "letterbox" else ProcessorResize(size)
+    return (Letterbox if resize == "letterbox" else ProcessorResize)(size, mean=mean, std=std)

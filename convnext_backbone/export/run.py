@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..cli_errors import UserError, interrupt_note, user_errors
 from ..fileio import atomic_write, check_not_overwriting
 from ..messages import shortened
-from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
+from .features import DTYPES, add_model_arguments, add_preprocessing_arguments, autocast_for, model_fingerprint, model_from_args, normalisation
 from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
     CONFIG_NAME,
@@ -90,6 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "cells map back to pixels. processor: ConvNextImageProcessor(shortest_edge=--size), the "
                      "classification crop/warp")
     pre.add_argument("--size", type=int, default=DEFAULT_SIZE, help="input side in pixels, a multiple of 32 (default: %(default)s)")
+    add_preprocessing_arguments(pre)
     run_ = p.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
     run_.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -314,7 +315,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """Run one export (one rank of it under torchrun); -> counts and timings of this rank."""
     with user_errors():  # a ValueError while setting up is a bad argument or checkpoint
         _check_args(args)
-        transform = make_transform(args.resize, args.size)
+        make_transform(args.resize, args.size)  # checks --resize and --size before the model loads
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
     dist = _Dist(dist_device_type)
     out = Path(args.out)
@@ -322,7 +323,10 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     try:
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
         device, model = _load_model(args, dist, say)
-        plan = _agree_on_plan(args, out, _export_config(args, model, transform), lock, dist)
+        with user_errors():
+            mean, std, normalised_by = normalisation(model, args.weights, args.image_mean, args.image_std)
+        transform = make_transform(args.resize, args.size, mean, std)
+        plan = _agree_on_plan(args, out, _export_config(args, model, transform, normalised_by), lock, dist)
         for message in plan["messages"]:
             say(message)
         for note in plan["notes"]:
@@ -345,13 +349,15 @@ def _load_model(args: argparse.Namespace, dist: _Dist, say) -> tuple[torch.devic
     return device, model.to(device=device, dtype=compute)
 
 
-def _export_config(args: argparse.Namespace, model: torch.nn.Module, transform) -> dict[str, Any]:
-    """What makes two exports the same export (``export_config.json``; a resume must match it)."""
+def _export_config(args: argparse.Namespace, model: torch.nn.Module, transform, normalised_by: str) -> dict[str, Any]:
+    """What makes two exports the same export (``export_config.json``; a resume must match it).
+    The normalisation's values are in ``preprocess``; ``normalisation_from`` says where they came from."""
     features = {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)}
     return {
         "format_version": 1, "features": features,
         "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
         "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
+        "normalisation_from": normalised_by, "weights_family": model.config.weights_family,
         "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
                   "config": model.config.to_dict()},
     }

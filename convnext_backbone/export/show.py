@@ -18,7 +18,7 @@ import torch
 
 from ..cli_errors import user_errors
 from ..fileio import atomic_write, check_not_overwriting
-from .features import add_model_arguments, extract_features, model_from_args
+from .features import add_model_arguments, add_preprocessing_arguments, extract_features, model_from_args, normalisation
 from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = ["add_arguments", "pca_rgb", "render", "run"]
@@ -88,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FIG.png", help="where to write the figure (png, pdf, svg)")
     add_model_arguments(p)
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="letterbox side, a multiple of 32 (default: %(default)s)")
+    add_preprocessing_arguments(p)
 
 
 def _check_format(out: str) -> None:
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         _check_format(args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
-        pixel_values, geometry = make_transform("letterbox", args.size)(image)
+        mean, std, _ = normalisation(model, args.weights, args.image_mean, args.image_std)
+        pixel_values, geometry = make_transform("letterbox", args.size, mean, std)(image)
     feats = extract_features(model, pixel_values[None])
     model_name = Path(args.weights).name if args.weights else f"{args.preset} (RANDOM weights)"
     title = f"{Path(args.image).name} through {model_name}, letterbox {args.size}"
