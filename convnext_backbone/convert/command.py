@@ -6,6 +6,7 @@ import io
 import os
 from pathlib import Path
 
+from ..families import FAMILIES, get_family
 from ..fileio import check_not_overwriting
 from ..messages import shortened
 from ..model import ConvNextBackbone, ConvNextForImageClassification
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the stages with output norms in SRC, else stage1..stage4)")
     p.add_argument("--no-norm-outputs", action="store_true", help="backbone without per-output LayerNorms")
     p.add_argument("--no-strict", action="store_true", help="write what matches even if keys are missing/unexpected")
+    p.add_argument("--family", metavar="NAME", default=None,
+                   help=f"where the weights come from, when SRC cannot tell ({', '.join(FAMILIES)}): sets the normalisation "
+                        "written to preprocessor_config.json")
 
 
 def check_destination(dst: str | os.PathLike) -> None:
@@ -82,10 +86,12 @@ def run(args: argparse.Namespace) -> int:
                 overrides["out_features"] = [s.strip() for s in args.out_features.split(",") if s.strip()]
             elif not any(k.startswith("norm") and not k.startswith("norm.") for k in conv.state_dict):
                 overrides["out_features"] = ["stage1", "stage2", "stage3", "stage4"]
+        if args.family:
+            overrides["weights_family"] = args.family
         config = infer_config(conv.state_dict, config_dict, **overrides)
         cls = ConvNextBackbone if args.to == "backbone" else ConvNextForImageClassification
         model = cls(config)
-        report = load_converted(model, conv, strict=not args.no_strict, source=str(local),
+        report = load_converted(model, conv, strict=not args.no_strict, source=str(local), name=str(args.src),
                                 hint="Pass --no-strict to write what matches (the report lists the rest).")
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"convert failed: {e}")
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {type(config).__name__} depths={config.depths} hidden_sizes={config.hidden_sizes} -> {cls.__name__}"
           + (f" out_features={config.out_features}" if args.to == "backbone" else f" num_labels={config.num_labels}"))
     print(f"load: {report.summary()}")
+    print(_family_line(report))
     for key, why in report.dropped:
         if not any(key == k for k, _ in conv.dropped):
             print(f"  dropped {key}: {why}")
@@ -105,5 +112,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # disk full, permissions changed meanwhile: nothing half-written (atomic writes)
         print(f"convert failed: cannot write {args.dst}: {e}")
         return 2
-    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    written = [out / name for name in ("model.safetensors", "config.json", "preprocessor_config.json") if (out / name).exists()]
+    print(f"wrote {', '.join(map(str, written))}")
     return 0 if report.ok else 1
+
+
+def _family_line(report) -> str:
+    """Where the weights come from: what they expect as input and may be used for."""
+    if not report.weights_family:
+        return (f"weights family: unknown ({report.weights_family_source}); no preprocessor_config.json is written. "
+                "If you know it, convert again with --family NAME")
+    family = get_family(report.weights_family)
+    return (f"weights family: {family.name} ({family.description}; {report.weights_family_source}): normalise inputs with "
+            f"mean {list(family.mean)} / std {list(family.std)}; license: {family.license}")
