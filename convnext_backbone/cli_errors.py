@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable, Iterator
 
 __all__ = [
-    "DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "Interrupted", "UserError", "config_error", "interrupt_note",
+    "DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "Interrupted", "MissingDependency", "UserError", "config_error", "interrupt_note",
     "is_user_error", "print_user_error", "run_cli", "training_resume_note", "user_errors",
 ]
 
@@ -53,6 +53,10 @@ class UserError(ValueError):
     """A mistake in what the user asked for (arguments, config, files): reported as one line.
 
     A ``ValueError`` so that code which caught ``ValueError`` for bad arguments still does."""
+
+
+class MissingDependency(UserError):
+    """An optional package a command needs is not installed: say which extra installs it."""
 
 
 class Interrupted(KeyboardInterrupt):

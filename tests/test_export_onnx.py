@@ -127,3 +127,20 @@ def test_export_onnx_and_show_never_write_over_their_inputs(weights, tmp_path, c
         assert message in err and err.count("\n") == 1, err
     assert {p: p.read_bytes() for p in [*sorted(weights.iterdir()), image]} == before
     assert not (tmp_path / "ok.onnx").exists()
+
+
+def test_export_onnx_without_onnx_installed_says_which_extra_in_one_line(weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    (blocker / "onnx.py").write_text("raise ImportError('No module named onnx')\n")  # as if it were not installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "convnext_backbone.cli", "export-onnx", "--weights", str(weights),
+                          "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "pip install 'convnext-backbone[export]'" in run.stderr
+    assert not (tmp_path / "m.onnx").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cli_errors import MissingDependency
 from ..fileio import atomic_write, check_not_overwriting
 from ..model import ConvNextBackbone
 from .features import add_model_arguments, model_from_args
@@ -46,10 +47,11 @@ class _FeatureTuple(nn.Module):
 
 
 def _require(module: str):
+    """The module, or a one-line error (in a CLI) saying which extra installs it."""
     try:
         return __import__(module)
     except ImportError as e:
-        raise ImportError(f"{module} is needed here; install the export extra: pip install 'convnext-backbone[export]'") from e
+        raise MissingDependency(f"{module} is needed here; install the export extra: pip install 'convnext-backbone[export]'") from e
 
 
 ONNX_DTYPES = {"float32": torch.float32, "float16": torch.float16}
