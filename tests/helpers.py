@@ -131,3 +131,30 @@ def ctrl_c_note(train_main, runner_cls, argv: list[str], work: Path, capsys, mon
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err, err
     return err.strip().splitlines()[-1]
+
+
+# ---- weight families: an open_clip checkpoint and CLIP's pixel statistics ------------------------
+CLIP_MEAN_255 = [122.7709383, 116.7460125, 104.09373615]  # CLIP's mean/std x 255, RGB (as FC-CLIP's configs)
+CLIP_STD_255 = [68.5005327, 66.6321579, 70.32316305]
+IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
+IMAGENET_STD_255 = [58.395, 57.12, 57.375]
+
+
+def write_open_clip_checkpoint(path: Path, timm_name: str = "convnextv2_atto", seed: int = 0) -> Path:
+    """A whole open_clip model as its training saves it: the timm image trunk under ``visual.trunk.``,
+    a projection head and (a piece of) the text tower, wrapped in ``{"state_dict": ..., "epoch": ...}``.
+    The converter tells the CLIP family from this layout alone: keep ``path``'s name neutral."""
+    import timm
+    import torch
+
+    trunk = randomize_(timm.create_model(timm_name, pretrained=False, num_classes=0), seed=seed)
+    width = trunk.num_features
+    g = torch.Generator().manual_seed(seed)
+    state = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
+    state["visual.head.proj.weight"] = torch.randn(16, width, generator=g)
+    state["transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(48, 16, generator=g)
+    state["token_embedding.weight"] = torch.randn(10, 16, generator=g)
+    state["logit_scale"] = torch.tensor(4.6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "epoch": 32}, path)
+    return path

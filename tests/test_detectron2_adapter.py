@@ -22,6 +22,9 @@ import detectron2_convnext as d2c
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
 from convnext_backbone.arch import config_from_preset_name
 from detectron2_convnext.optim import convnext_layer_id, default_num_layers
+from detectron2_convnext.train_net import YacsTrainCommand
+
+from helpers import CLIP_MEAN_255, CLIP_STD_255, write_open_clip_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detectron2"
@@ -456,3 +459,67 @@ def test_lazyconfig_backbone_inside_detectron2_mask_rcnn_fpn():
     assert lrs[id(stem)] == pytest.approx(1e-4 * 0.95 ** (n + 1))
     mapper = instantiate(lazy.dataloader.train.mapper)
     assert isinstance(mapper.augmentations.augs[1], d2c.RandomChoice) and mapper.recompute_boxes
+
+
+# --- the weights' pixel normalisation against MODEL.PIXEL_MEAN / PIXEL_STD ---------------------------
+@pytest.fixture(scope="module")
+def open_clip_atto(tmp_path_factory):
+    """CLIP weights in open_clip's layout (the family comes from the layout: the file name says nothing)."""
+    return write_open_clip_checkpoint(tmp_path_factory.mktemp("w") / "weights.pt", "convnextv2_atto")
+
+
+def test_clip_weights_with_imagenet_pixels_are_an_error_naming_both_and_the_keys(open_clip_atto):
+    model = build_model(make_cfg())  # the demo config: ImageNet mean/std, RGB
+    with pytest.raises(ValueError) as e:
+        d2c.ConvNextCheckpointer(model).load(str(open_clip_atto))
+    msg = str(e.value)
+    assert "the weights are clip_laion2b" in msg and "(the weights' family was from the open_clip layout)" in msg
+    assert "mean [122.7709, 116.746, 104.0937] / std [68.5005, 66.6322, 70.3232]" in msg  # CLIP's, 0..255, RGB
+    assert "mean [123.675, 116.28, 103.53] / std [58.395, 57.12, 57.375]" in msg  # the config's
+    assert "set MODEL.PIXEL_MEAN / MODEL.PIXEL_STD to the weights' values" in msg
+    assert "MODEL.CONVNEXT.WEIGHTS_FAMILY" in msg and "MODEL.CONVNEXT.STRICT_NORMALISATION False" in msg
+
+
+@pytest.mark.parametrize("fmt, order", [("RGB", [0, 1, 2]), ("BGR", [2, 1, 0])])
+def test_clip_weights_with_clip_pixels_load_silently_in_either_channel_order(open_clip_atto, caplog, fmt, order):
+    mean, std = [CLIP_MEAN_255[i] for i in order], [CLIP_STD_255[i] for i in order]
+    model = build_model(make_cfg(DEMO_CFG, "MODEL.PIXEL_MEAN", mean, "MODEL.PIXEL_STD", std, "INPUT.FORMAT", fmt))
+    ck = d2c.ConvNextCheckpointer(model)
+    with caplog.at_level(logging.WARNING):
+        ck.load(str(open_clip_atto))
+    assert ck.load_report.weights_family == "clip_laion2b" and ck.check_normalisation() is None
+    assert "normalises with" not in caplog.text
+    other = "BGR" if fmt == "RGB" else "RGB"  # the same values, read in the other channel order
+    swapped = build_model(make_cfg(DEMO_CFG, "MODEL.PIXEL_MEAN", mean, "MODEL.PIXEL_STD", std, "INPUT.FORMAT", other))
+    with pytest.raises(ValueError, match=rf"the model \(MODEL.PIXEL_MEAN / MODEL.PIXEL_STD, input format {other}\) normalises"):
+        d2c.ConvNextCheckpointer(swapped).load(str(open_clip_atto))
+
+
+def test_normalisation_opt_out_warns_and_an_explicit_family_is_checked_for_any_weights(open_clip_atto, tmp_path, caplog):
+    cfg = make_cfg(DEMO_CFG, "MODEL.CONVNEXT.STRICT_NORMALISATION", False, "OUTPUT_DIR", str(tmp_path))
+    model = build_model(cfg)
+    ck = YacsTrainCommand().checkpointer(cfg, model)  # what convnext-d2-train builds, from the config
+    assert ck.strict_normalisation is False
+    with caplog.at_level(logging.WARNING):
+        ck.load(str(open_clip_atto))  # loads, and says why it should not have
+    assert "the weights are clip_laion2b" in caplog.text
+    trunk = torch.load(open_clip_atto)["state_dict"]["visual.trunk.stages.0.blocks.0.conv_dw.weight"]
+    assert torch.equal(model.backbone.bottom_up.stages[0][0].dwconv.weight, trunk)
+    # a family named in the config wins over the file's, and is checked on a Detectron2 checkpoint (resume) too
+    ck.save("model_final")
+    told = build_model(make_cfg(DEMO_CFG, "MODEL.CONVNEXT.WEIGHTS_FAMILY", "clip_laion2b"))
+    assert told.backbone.bottom_up.config.weights_family == "clip_laion2b"
+    with pytest.raises(ValueError, match=r"clip_laion2b .*\(the weights' family was set in the config\)"):
+        d2c.ConvNextCheckpointer(told).load(str(tmp_path / "model_final.pth"))
+    with pytest.raises(ValueError, match=r"invalid MODEL.CONVNEXT config: unknown weights family 'clipp'.*clip_laion2b"):
+        build_model(make_cfg(DEMO_CFG, "MODEL.CONVNEXT.WEIGHTS_FAMILY", "clipp"))
+
+
+def test_lazyconfig_command_names_its_own_keys():
+    from detectron2_convnext.lazy_train_net import STRICT_NORMALISATION_KEY, LazyTrainCommand
+
+    lazy = LazyConfig.load(str(CONFIGS / "lazy" / "mask_rcnn_convnext_tiny_fpn_3x_coco.py"))
+    lazy = LazyConfig.apply_overrides(lazy, [f"{STRICT_NORMALISATION_KEY}=False"])
+    ck = LazyTrainCommand().checkpointer(lazy, build_model(make_cfg()))
+    assert ck.strict_normalisation is False and ck.pixel_keys == "model.pixel_mean / model.pixel_std"
+    assert "model.backbone.bottom_up.weights_family" in ck.normalisation_hint and STRICT_NORMALISATION_KEY in ck.normalisation_hint

@@ -219,6 +219,9 @@ class TrainCommand:
     dataset_example = ""       # what an unregistered dataset's error adds
     config_required: str | None = None  # the error for a missing --config-file, where one is needed
     strict_hint: str | None = None      # how to load non-strictly here (None: the yacs key)
+    strict_normalisation_key = ""       # False: a pixel normalisation unlike the weights' family's is a warning
+    pixel_keys = "MODEL.PIXEL_MEAN / MODEL.PIXEL_STD"  # where the model's normalisation is set
+    normalisation_hint: str | None = None  # how to set the weights' family or opt out here (None: the yacs keys)
 
     # -- the command's --------------------------------------------------------------------------
     def read_config(self, args):
@@ -258,6 +261,14 @@ class TrainCommand:
 
     def strict(self, cfg) -> bool:
         return bool(config_value(cfg, self.strict_key, True))
+
+    def checkpointer(self, cfg, model, **kwargs) -> ConvNextCheckpointer:
+        """This command's checkpointer: strictness and its hints in this command's keys."""
+        return ConvNextCheckpointer(
+            model, self.output_dir(cfg), strict=self.strict(cfg), strict_hint=self.strict_hint,
+            strict_normalisation=bool(config_value(cfg, self.strict_normalisation_key, True)),
+            pixel_keys=self.pixel_keys, normalisation_hint=self.normalisation_hint, **kwargs,
+        )
 
     def datasets(self, cfg, split: str) -> tuple[str, list]:
         """``(config key, dataset names)`` for ``split`` ("train" or "test"); one name may be a string."""
@@ -337,10 +348,7 @@ class TrainCommand:
 
     def load_weights(self, args, cfg, model) -> None:
         """``--eval-only``: the weights to evaluate (any ConvNeXt checkpoint format), or the last checkpoint."""
-        checkpointer = ConvNextCheckpointer(
-            model, self.output_dir(cfg), strict=self.strict(cfg), strict_hint=self.strict_hint
-        )
-        checkpointer.resume_or_load(self.weights(cfg), resume=args.resume)
+        self.checkpointer(cfg, model).resume_or_load(self.weights(cfg), resume=args.resume)
 
     def build(self, args):
         """Per-process setup: datasets, config, then the job (trainer, or the model to evaluate).

@@ -66,6 +66,7 @@ _CFG_KEYS = {
     "depths": "DEPTHS", "dims": "DIMS", "hidden_sizes": "DIMS", "version": "VERSION",
     "drop_path_rate": "DROP_PATH_RATE", "frozen_stages": "FROZEN_STAGES", "norm_outputs": "NORM_OUTPUTS",
     "gradient_checkpointing": "GRADIENT_CHECKPOINTING", "layer_scale_init_value": "LAYER_SCALE_INIT_VALUE",
+    "weights_family": "WEIGHTS_FAMILY",
 }
 
 
@@ -79,6 +80,7 @@ def convnext_config_from_cfg(cfg, input_shape: ShapeSpec | None = None) -> ConvN
         frozen_stages=c.FROZEN_STAGES,
         norm_outputs=c.NORM_OUTPUTS,
         gradient_checkpointing=c.GRADIENT_CHECKPOINTING,
+        weights_family=c.get("WEIGHTS_FAMILY") or None,  # "": told by the checkpoint when it loads
     )
     if input_shape is not None and input_shape.channels is not None:
         kw["num_channels"] = input_shape.channels

@@ -12,6 +12,12 @@
   that fit and logs the rest as warnings; a strict error says how to ask for that in
   Detectron2 (``strict_hint``), not with the core's ``strict=False`` advice, which a
   Detectron2 user cannot follow.
+- After weights load, their family's input normalisation (``convnext_backbone.families``: told by
+  the checkpoint, or ``MODEL.CONVNEXT.WEIGHTS_FAMILY``) is compared with the model's
+  ``pixel_mean`` / ``pixel_std`` (0..255, in ``input_format``'s channel order): CLIP weights fed
+  ImageNet-normalised pixels train and evaluate worse, silently. A mismatch is an error naming
+  both values and the keys to change (``pixel_keys``); ``strict_normalisation=False``
+  (``MODEL.CONVNEXT.STRICT_NORMALISATION False``) makes it a warning.
 Checkpoints are written atomically, so a run killed while saving never leaves a torn file.
 """
 from __future__ import annotations
@@ -25,16 +31,22 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from convnext_backbone import CheckpointError
 from convnext_backbone.convert import convert_state_dict, describe_mismatch, load_converted, match_converted, read_checkpoint
+from convnext_backbone.families import get_family, normalisation_mismatch
 from convnext_backbone.fileio import atomic_write
 from convnext_backbone.messages import shortened
 
 from .backbone import find_convnext
 
-__all__ = ["ConvNextCheckpointer", "STRICT_HINT"]
+__all__ = ["ConvNextCheckpointer", "NORMALISATION_HINT", "PIXEL_KEYS", "STRICT_HINT"]
 
 STRICT_HINT = (
     "To load only the backbone tensors that fit (the rest are then listed as warnings), set "
     "MODEL.CONVNEXT.STRICT_LOAD False (in the config, or on the convnext-d2-train command line)."
+)
+PIXEL_KEYS = "MODEL.PIXEL_MEAN / MODEL.PIXEL_STD"  # where a yacs config sets the model's normalisation
+NORMALISATION_HINT = (
+    "If the weights are not of that family, set MODEL.CONVNEXT.WEIGHTS_FAMILY to theirs. To train with this "
+    "normalisation anyway (then a warning), set MODEL.CONVNEXT.STRICT_NORMALISATION False."
 )
 # Formats the core reads itself (fvcore would torch.load them or fail on a directory).
 _CORE_SUFFIXES = (".safetensors", ".bin", ".pkl")
@@ -46,23 +58,64 @@ class ConvNextCheckpointer(DetectionCheckpointer):
     ``strict`` (default True): the backbone must load completely. ``strict_hint``: the sentence a
     strict error ends with, saying how to turn strictness off where this checkpointer is used
     (default: the ``MODEL.CONVNEXT.STRICT_LOAD`` config key).
+
+    ``strict_normalisation`` (default True): after a load, the model's pixel mean/std must be the
+    weights' family's (``ValueError`` otherwise; False: a warning). ``pixel_keys`` and
+    ``normalisation_hint``: where the caller's config sets those and how to set the family or
+    opt out (default: the yacs keys).
     """
 
-    def __init__(self, model, save_dir="", *, strict: bool = True, strict_hint: str | None = None, **kwargs):
+    def __init__(self, model, save_dir="", *, strict: bool = True, strict_hint: str | None = None,
+                 strict_normalisation: bool = True, pixel_keys: str = PIXEL_KEYS,
+                 normalisation_hint: str | None = None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = bool(strict)
         self.strict_hint = STRICT_HINT if strict_hint is None else strict_hint
+        self.strict_normalisation = bool(strict_normalisation)
+        self.pixel_keys = pixel_keys
+        self.normalisation_hint = NORMALISATION_HINT if normalisation_hint is None else normalisation_hint
 
     def _error(self, message: str, hint: bool = True) -> CheckpointError:
         return CheckpointError(f"{message}\n{self.strict_hint}" if hint and self.strict_hint else message)
 
     # -- reading ---------------------------------------------------------------------------------
     def load(self, path, checkpointables=None):
+        self.load_report = None  # set when a ConvNeXt checkpoint (not a Detectron2 one) is converted
         if path and os.path.isdir(path):  # a save_pretrained / HF directory: backbone weights
             self.logger.info(f"[ConvNextCheckpointer] Loading backbone weights from directory {path} ...")
-            self._load_backbone(read_checkpoint(path)[0], path)
-            return {}
-        return super().load(path, checkpointables)
+            state, config = read_checkpoint(path)
+            self._load_backbone(state, path, (config or {}).get("weights_family"))
+            extra = {}
+        else:
+            extra = super().load(path, checkpointables)
+        if path:  # weights were loaded: do they suit the pixels the model will feed them?
+            self.check_normalisation()
+        return extra
+
+    def check_normalisation(self) -> str | None:
+        """The model's ``pixel_mean`` / ``pixel_std`` against its weights' family: None when they agree
+        (or the family is not known); else the message, raised as ``ValueError`` when
+        ``strict_normalisation``, logged as a warning otherwise."""
+        _, trunk = find_convnext(self.model)
+        if not trunk.config.weights_family:
+            return None
+        holder = next((m for m in self.model.modules()
+                       if isinstance(getattr(m, "pixel_mean", None), torch.Tensor) and isinstance(getattr(m, "pixel_std", None), torch.Tensor)), None)
+        if holder is None or holder.pixel_mean.is_meta:
+            return None
+        fmt = getattr(holder, "input_format", "BGR")  # Detectron2's default INPUT.FORMAT
+        report = getattr(self, "load_report", None)
+        how = report.weights_family_source if report is not None and report.weights_family else "set in the config"
+        problem = normalisation_mismatch(
+            get_family(trunk.config.weights_family), holder.pixel_mean.flatten().tolist(), holder.pixel_std.flatten().tolist(),
+            scale=255.0, bgr=fmt == "BGR", where=f"the model ({self.pixel_keys}, input format {fmt})", keys=self.pixel_keys)
+        if problem is None:
+            return None
+        message = f"{problem} (the weights' family was {how}). {self.normalisation_hint}"
+        if self.strict_normalisation:
+            raise ValueError(message)
+        self.logger.warning(f"[ConvNextCheckpointer] {message}")
+        return message
 
     def _load_file(self, filename: str):
         if filename.endswith(_CORE_SUFFIXES):
@@ -115,8 +168,12 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             raise self._error(message)
         self.logger.warning(f"{message}\n(non-strict load: the rest is loaded)")
 
-    def _load_backbone(self, state, source: str) -> None:
+    def _load_backbone(self, state, source: str, family: str | None = None) -> None:
+        """``family``: what the checkpoint's own config says (a ``save_pretrained`` / ``convert`` directory)."""
         prefix, trunk = find_convnext(self.model)
+        family_from_file = bool(family) and not trunk.config.weights_family
+        if family_from_file:
+            trunk.config.weights_family = family
         state = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}
         try:
             conv = convert_state_dict(state)
@@ -126,6 +183,8 @@ class ConvNextCheckpointer(DetectionCheckpointer):
                 f"(weights of another architecture?): {e}", hint=False,
             ) from e
         report = load_converted(trunk, conv, strict=self.strict, source=str(source), hint=self.strict_hint)
+        if family_from_file:
+            report.weights_family_source = "from the checkpoint's config.json"
         if not report.ok:  # strict=False: what did not fit stays at init, listed here
             errs = report.errors()
             self.logger.warning(

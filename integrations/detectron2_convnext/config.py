@@ -33,6 +33,12 @@ def add_convnext_config(cfg: CN) -> CN:
     # MODEL.WEIGHTS must fit the backbone completely (missing or mis-shaped tensors are an error).
     # False: load the backbone tensors that fit and list the rest as warnings.
     c.STRICT_LOAD = True
+    # Where MODEL.WEIGHTS come from (convnext_backbone.families: fb_in1k, dinov3_lvd1689m, clip_laion2b, ...):
+    # it decides the pixel normalisation the weights expect. "" = told by the checkpoint (layout, head, name).
+    c.WEIGHTS_FAMILY = ""
+    # MODEL.PIXEL_MEAN / PIXEL_STD (in INPUT.FORMAT's channel order) must be the weights' family's when
+    # weights load: otherwise an error naming both. False: a warning, and training goes on.
+    c.STRICT_NORMALISATION = True
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" (the ConvNeXt recipe) or "SGD" (Detectron2's default)
     cfg.SOLVER.BETAS = (0.9, 0.999)

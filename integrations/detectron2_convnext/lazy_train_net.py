@@ -9,7 +9,9 @@ Overrides are ``key=value`` (Detectron2's ``LazyConfig.apply_overrides``). The l
 Detectron2's ``tools/lazyconfig_train_net.py`` runs (SimpleTrainer / AMPTrainer, LR scheduler,
 periodic checkpoints, evaluation, writers), with the pieces ``convnext-d2-train`` has:
 ``ConvNextCheckpointer`` (``train.init_checkpoint`` takes any ConvNeXt checkpoint format;
-``train.init_checkpoint_strict=False`` loads the backbone tensors that fit), ``--register-coco``,
+``train.init_checkpoint_strict=False`` loads the backbone tensors that fit;
+``train.init_checkpoint_strict_normalisation=False`` makes a ``model.pixel_mean`` / ``pixel_std``
+unlike the weights' family's a warning instead of an error), ``--register-coco``,
 the CPU fallbacks (``train.device`` cuda -> cpu, AMP off), ``COCOEvaluator(use_fast_impl=False)``
 where Detectron2's compiled ops are missing, and the same distributed behaviour: ``--num-gpus N``
 on a machine without CUDA runs N CPU processes (gloo) through Detectron2's ``launch``.
@@ -32,10 +34,10 @@ from convnext_backbone.messages import suggestion
 
 from . import _cli
 from ._cli import ProgressBar, TrainCommand, UserError, config_value
-from .checkpoint import ConvNextCheckpointer
 from .distributed import cpu_sync_batchnorm, create_ddp_model
 
-__all__ = ["LazyTrainCommand", "load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY"]
+__all__ = ["LazyTrainCommand", "load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY",
+           "STRICT_NORMALISATION_KEY"]
 
 EPILOG = __doc__  # the --help epilog (inside a class body, __doc__ is the class's)
 PROG = "convnext-d2-lazy-train"
@@ -43,6 +45,12 @@ STRICT_KEY = "train.init_checkpoint_strict"  # ours: read by this script, not by
 LAZY_STRICT_HINT = (
     f"To load only the backbone tensors that fit (the rest are then listed as warnings), add {STRICT_KEY}=False "
     f"to the {PROG} command line."
+)
+STRICT_NORMALISATION_KEY = "train.init_checkpoint_strict_normalisation"  # ours too
+LAZY_NORMALISATION_HINT = (
+    "If the weights are not of that family, set the backbone's weights_family (e.g. "
+    "model.backbone.bottom_up.weights_family=clip_laion2b). To train with this normalisation anyway (then a warning), "
+    f"add {STRICT_NORMALISATION_KEY}=False to the {PROG} command line."
 )
 SECTIONS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
 
@@ -87,7 +95,7 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
     """An override of a key that does not exist would silently add it: refuse, with the closest key."""
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key == STRICT_KEY or "=" not in item:
+        if key in (STRICT_KEY, STRICT_NORMALISATION_KEY) or "=" not in item:
             continue  # our own key; a malformed item is left to the override parser
         parent_key, _, leaf = key.rpartition(".")
         parent = cfg if not parent_key else config_value(cfg, parent_key)
@@ -131,6 +139,9 @@ class LazyTrainCommand(TrainCommand):
     config_required = ("--config-file is required (a LazyConfig .py, e.g. "
                        "configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py)")
     strict_hint = LAZY_STRICT_HINT
+    strict_normalisation_key = STRICT_NORMALISATION_KEY
+    pixel_keys = "model.pixel_mean / model.pixel_std"
+    normalisation_hint = LAZY_NORMALISATION_HINT
 
     def read_config(self, args):
         try:
@@ -178,9 +189,7 @@ class LazyTrainCommand(TrainCommand):
         train_loader = instantiate(cfg.dataloader.train)
         model = create_ddp_model(model, **cfg.train.get("ddp", {}))
         trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-        checkpointer = ConvNextCheckpointer(
-            model, cfg.train.output_dir, strict=self.strict(cfg), strict_hint=self.strict_hint, trainer=trainer
-        )  # saves on rank 0 only
+        checkpointer = self.checkpointer(cfg, model, trainer=trainer)  # saves on rank 0 only
         job = _Job(cfg, model, trainer)
         trainer.register_hooks(_hooks(cfg, job, checkpointer))
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)

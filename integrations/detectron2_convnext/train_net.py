@@ -76,7 +76,8 @@ class Trainer(DefaultTrainer):
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # save_to_disk defaults to "rank 0 only" (DetectionCheckpointer)
         self.checkpointer = ConvNextCheckpointer(
-            model, cfg.OUTPUT_DIR, strict=cfg.MODEL.CONVNEXT.STRICT_LOAD, trainer=weakref.proxy(self)
+            model, cfg.OUTPUT_DIR, strict=cfg.MODEL.CONVNEXT.STRICT_LOAD,
+            strict_normalisation=cfg.MODEL.CONVNEXT.STRICT_NORMALISATION, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -139,6 +140,7 @@ class YacsTrainCommand(TrainCommand):
     doc = EPILOG
     device_key, amp_key = "MODEL.DEVICE", "SOLVER.AMP.ENABLED"
     weights_key, strict_key, output_dir_key = "MODEL.WEIGHTS", "MODEL.CONVNEXT.STRICT_LOAD", "OUTPUT_DIR"
+    strict_normalisation_key = "MODEL.CONVNEXT.STRICT_NORMALISATION"
     dataset_names_key = "DATASETS.{SPLIT}"
     dataset_names_help = "DATASETS.TRAIN / DATASETS.TEST"
     dataset_example = " (or use a name Detectron2 knows, e.g. coco_2017_train)"
