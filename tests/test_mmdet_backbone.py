@@ -24,7 +24,7 @@ from convnext_backbone.arch import config_from_arch
 from mmdet_convnext import MMDetConvNeXt
 from mmseg_convnext import MMSegConvNeXt
 
-from helpers import official_layer_id, randomize_
+from helpers import CLIP_MEAN_255, CLIP_STD_255, official_layer_id, randomize_, write_open_clip_checkpoint
 
 # MMDetection's packaged base config (what `mmdet::_base_/models/mask-rcnn_r50_fpn.py` names)
 MASK_RCNN = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / "mask-rcnn_r50_fpn.py"))
@@ -222,3 +222,17 @@ def test_neck_in_channels_that_do_not_match_the_backbone_are_named():
             "so set model.neck.in_channels=[40, 80, 160, 320]")):
         openmmlab_convnext.check_in_channels(det)
     openmmlab_convnext.check_in_channels(detector(dict(arch="convnextv2_atto")))  # the right ones pass
+
+
+# ------------------------------------------------------------------------------ the weights' normalisation
+def test_clip_weights_against_mmdetections_data_preprocessor(tmp_path):
+    ckpt = write_open_clip_checkpoint(tmp_path / "w" / "weights.pt", "convnextv2_atto")  # CLIP by its layout
+    det = detector(dict(arch="convnextv2_atto", init_cfg=dict(type="Pretrained", checkpoint=str(ckpt))))
+    det.init_weights()  # the packaged Mask R-CNN's DetDataPreprocessor: ImageNet mean/std, bgr_to_rgb
+    with pytest.raises(ValueError, match=r"(?s)the weights are clip_laion2b.*model.data_preprocessor \(bgr_to_rgb=True\) normalises "
+                                         r"with mean \[123.675, 116.28, 103.53\].*strict_normalisation=False"):
+        openmmlab_convnext.check_normalisation(det)
+    det.data_preprocessor = MODELS.build(dict(type="DetDataPreprocessor", mean=CLIP_MEAN_255, std=CLIP_STD_255,
+                                              bgr_to_rgb=True, pad_size_divisor=32))
+    assert openmmlab_convnext.check_normalisation(det) is None
+    assert detector(dict(arch="convnextv2_atto", weights_family="dinov3_lvd1689m")).backbone.config.weights_family == "dinov3_lvd1689m"

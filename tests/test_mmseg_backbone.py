@@ -17,8 +17,17 @@ import mmseg_convnext  # noqa: F401  (registers MMSegConvNeXt & co)
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
 from convnext_backbone.arch import config_from_preset_name
 from mmseg_convnext import MMSegConvNeXt
+from openmmlab_convnext import ConvNeXtRunnerMixin, check_normalisation
 
-from helpers import official_layer_id, randomize_
+from helpers import (
+    CLIP_MEAN_255,
+    CLIP_STD_255,
+    IMAGENET_MEAN_255,
+    IMAGENET_STD_255,
+    official_layer_id,
+    randomize_,
+    write_open_clip_checkpoint,
+)
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -340,3 +349,71 @@ def test_segmentor_forward_and_loss_with_upernet():
     assert {"decode.loss_ce", "aux.loss_ce"} <= set(losses) and all(torch.isfinite(v) for k, v in losses.items() if "loss" in k)
     sum(v for k, v in losses.items() if "loss" in k).backward()
     assert seg.backbone.stages[0][0].dwconv.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ the weights' normalisation
+@pytest.fixture(scope="module")
+def open_clip_atto(tmp_path_factory):
+    """CLIP weights in open_clip's layout (the family comes from the layout: the file name says nothing)."""
+    return write_open_clip_checkpoint(tmp_path_factory.mktemp("w") / "weights.pt", "convnextv2_atto")
+
+
+def _with_preprocessor(backbone: dict, mean, std, bgr_to_rgb=True) -> torch.nn.Module:
+    seg = segmentor(backbone, aux=False)
+    seg.data_preprocessor = MODELS.build(dict(type="SegDataPreProcessor", mean=mean, std=std, bgr_to_rgb=bgr_to_rgb))
+    return seg
+
+
+class _RunnerStub(ConvNeXtRunnerMixin):
+    """The mixin over a Runner whose own ``load_or_resume`` has nothing to load."""
+
+    class _Runner:
+        def load_or_resume(self) -> None:
+            pass
+
+    def __init__(self, model, cfg):
+        self.model, self.cfg = model, cfg
+
+
+_RunnerStub.__bases__ = (ConvNeXtRunnerMixin, _RunnerStub._Runner)
+
+
+def test_clip_weights_against_the_data_preprocessor_error_warn_or_pass(open_clip_atto):
+    pretrained = dict(arch="convnextv2_atto", init_cfg=dict(type="Pretrained", checkpoint=str(open_clip_atto)))
+    seg = _with_preprocessor(pretrained, IMAGENET_MEAN_255, IMAGENET_STD_255)
+    seg.init_weights()  # the Runner's _init_model_weights; the family comes with the load
+    assert seg.backbone.config.weights_family == "clip_laion2b" and seg.backbone.load_report.ok
+    with pytest.raises(ValueError) as e:
+        _RunnerStub(seg, {}).load_or_resume()  # where the Runner checks, after init_cfg / load_from / resume
+    msg = str(e.value)
+    assert "the weights are clip_laion2b" in msg and "(the weights' family was from the open_clip layout)" in msg
+    assert "mean [122.7709, 116.746, 104.0937] / std [68.5005, 66.6322, 70.3232]" in msg
+    assert "model.data_preprocessor (bgr_to_rgb=True) normalises with mean [123.675, 116.28, 103.53]" in msg
+    assert "model.backbone.weights_family" in msg and "--cfg-options strict_normalisation=False" in msg
+    _RunnerStub(seg, {"strict_normalisation": False}).load_or_resume()  # opted out: goes on, with a warning
+    assert check_normalisation(seg, strict=False) == msg  # (the warning's text: mmengine's logger does not propagate)
+
+    seg = _with_preprocessor(pretrained, CLIP_MEAN_255, CLIP_STD_255)
+    seg.init_weights()
+    _RunnerStub(seg, {}).load_or_resume()
+    assert check_normalisation(seg) is None
+    told = dict(arch="convnextv2_atto", weights_family="clip_laion2b")  # the family named, no weights needed
+    bgr = _with_preprocessor(told, CLIP_MEAN_255[::-1], CLIP_STD_255[::-1], bgr_to_rgb=False)  # mmcv's BGR images as they are
+    assert check_normalisation(bgr) is None
+    rgb_as_bgr = _with_preprocessor(told, CLIP_MEAN_255, CLIP_STD_255, bgr_to_rgb=False)
+    with pytest.raises(ValueError, match=r"\(BGR order\).*bgr_to_rgb=False.*set by the backbone's weights_family"):
+        check_normalisation(rgb_as_bgr)
+    # no weights loaded, no family named: nothing to check
+    assert check_normalisation(_with_preprocessor(dict(arch="convnextv2_atto"), CLIP_MEAN_255, CLIP_STD_255)) is None
+
+
+def test_weights_family_argument_wins_and_reaches_the_core(classifier_ckpt):
+    path, _ = classifier_ckpt  # named ..._1k_224_ema.pt: ImageNet by its name
+    m = build(arch="convnextv2_atto", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    m.init_weights()
+    assert m.config.weights_family == "fcmae_ft_in1k" and m.load_report.weights_family_source.startswith("from the name")
+    told = build(arch="convnextv2_atto", weights_family="clip_laion2b", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    told.init_weights()
+    assert told.config.weights_family == "clip_laion2b" and told.load_report.weights_family_source == "set in the config"
+    with pytest.raises(ValueError, match="MMSegConvNeXt backbone: unknown weights family 'clipp'"):
+        build(arch="convnextv2_atto", weights_family="clipp")

@@ -10,7 +10,8 @@ registers them in its own framework's registries under its own names.
   framework's ``LearningRateDecayOptimizerConstructor``;
 - ``runner``: ``ConvNeXtRunnerMixin`` (weights-only-safe resume with a clear error for a
   truncated checkpoint, atomic saves, CPU torchrun with gloo, SyncBN -> BN on CPU, neck/head
-  ``in_channels`` checks) and the checkpoint helpers;
+  ``in_channels`` checks, the weights' pixel normalisation against the data preprocessor's) and
+  the checkpoint helpers;
 - ``train``: the train command's parser, config loading, preflight and main.
 """
 from .backbone import OpenMMLabConvNeXt, backbone_config, out_features_from_indices
@@ -19,6 +20,7 @@ from .runner import (
     MMENGINE_CHECKPOINT_GLOBALS,
     ConvNeXtRunnerMixin,
     check_in_channels,
+    check_normalisation,
     checkpoint_problem,
     last_intact_checkpoint,
     mmengine_checkpoint_globals,
@@ -32,6 +34,7 @@ __all__ = [
     "apply_no_decay_rule",
     "backbone_config",
     "check_in_channels",
+    "check_normalisation",
     "checkpoint_problem",
     "last_intact_checkpoint",
     "mmengine_checkpoint_globals",

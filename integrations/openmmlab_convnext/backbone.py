@@ -29,7 +29,10 @@ Why the class looks the way it does:
   format it reads loads (official classification / det-seg / FCMAE, HF, timm, mmpretrain,
   Detectron2 ``.pkl``, ``save_pretrained`` directories, MMSeg / MMDet training checkpoints),
   always with ``torch.load(weights_only=True)``, strictly by default, and the load report is
-  logged.
+  logged. The report names the weights' family (``convnext_backbone.families``: told by the layout,
+  the head, the file or hub name, or ``weights_family=...`` here, which wins); the Runner then
+  compares that family's normalisation with the ``data_preprocessor``'s
+  (``openmmlab_convnext.runner.check_normalisation``): the backbone alone never sees the pixels.
 """
 from __future__ import annotations
 
@@ -44,10 +47,10 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import initialize
 
-from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
+from convnext_backbone import CheckpointError, ConvNextBackbone, LoadReport
 from convnext_backbone.arch import config_from_arch, resolve_arch
 from convnext_backbone.config import ConvNextConfig, resolve_out_features_out_indices, stage_names_for
-from convnext_backbone.convert import read_checkpoint
+from convnext_backbone.convert import convert_state_dict, load_converted, read_checkpoint
 from convnext_backbone.hub import resolve_pretrained
 from convnext_backbone.messages import in_callers_terms
 
@@ -81,7 +84,7 @@ def backbone_config(arch: str | dict = "convnext_tiny", version: str | None = No
                     out_indices: Sequence[int] | None = ALL_STAGES, out_features: Sequence[str] | None = None,
                     drop_path_rate: float = 0.0, layer_scale_init_value: float | None = None, frozen_stages: int = -1,
                     norm_outputs: bool = True, with_cp: bool = False, channels_last: bool = True,
-                    in_channels: int = 3) -> ConvNextConfig:
+                    in_channels: int = 3, weights_family: str | None = None) -> ConvNextConfig:
     """The core config for the OpenMMLab backbone arguments; ``ValueError`` naming the bad one."""
     num_stages = len(resolve_arch(arch, version)[1]["depths"])  # what out_indices may say
     if out_features is not None:
@@ -99,6 +102,7 @@ def backbone_config(arch: str | dict = "convnext_tiny", version: str | None = No
         num_channels=in_channels, out_features=features, drop_path_rate=drop_path_rate, frozen_stages=frozen_stages,
         norm_outputs=norm_outputs, gradient_checkpointing=with_cp, channels_last=channels_last,
         layer_norm_eps=1e-6,  # the official det/seg backbones
+        weights_family=weights_family,
     )
 
 
@@ -123,6 +127,9 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         with_cp: gradient checkpointing per block (saves memory, costs a second forward).
         channels_last: run NHWC internally (same outputs; faster ConvNeXt blocks).
         in_channels: input image channels.
+        weights_family: where the weights come from (``'clip_laion2b'``, ``'dinov3_lvd1689m'``, ...;
+            ``convnext_backbone.families``), which decides the pixel normalisation they expect. ``None``:
+            told by the checkpoint when it loads (layout, head, file or hub name).
         pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: ``dict(type='Pretrained', checkpoint=path_or_url, prefix=None, strict=True)``
             and/or mmengine initializer configs.
@@ -141,13 +148,14 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         with_cp: bool = False,
         channels_last: bool = True,
         in_channels: int = 3,
+        weights_family: str | None = None,
         pretrained: str | None = None,
         init_cfg: dict | list | None = None,
     ):
         name = type(self).__name__
         try:
             config = backbone_config(arch, version, out_indices, out_features, drop_path_rate, layer_scale_init_value,
-                                     frozen_stages, norm_outputs, with_cp, channels_last, in_channels)
+                                     frozen_stages, norm_outputs, with_cp, channels_last, in_channels, weights_family)
         except ValueError as e:  # say which part of a detector / segmentor config is wrong, in its own words
             raise ValueError(f"{name} backbone: {in_callers_terms(str(e), _ARGUMENT_NAMES)}") from None
         if pretrained is not None:
@@ -159,6 +167,7 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         super().__init__(config)  # core model (its own init) + BaseModule(init_cfg=None)
         self.arch = arch
         self.init_cfg = copy.deepcopy(init_cfg)
+        self.load_report: LoadReport | None = None  # the last init_cfg Pretrained load
 
     # -- OpenMMLab interface -------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
@@ -190,14 +199,21 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         if not checkpoint:
             raise ValueError("init_cfg Pretrained needs checkpoint=<path, directory, URL or HF hub id>")
         path = _local_checkpoint(str(checkpoint), name)
-        source: Any = path
+        state, file_config = read_checkpoint(path)
         if prefix:
-            state = read_checkpoint(path)[0]
-            source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not source:
+            kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not kept:
                 raise CheckpointError(f"{checkpoint}: no keys start with prefix {prefix!r} (first keys: {list(state)[:5]})")
-        report = load_checkpoint(self, source, strict=strict, hint=(
+            state = kept
+        # a save_pretrained / convert directory names its weights' family in config.json; the argument wins
+        family_from_file = (file_config or {}).get("weights_family") if not self.config.weights_family else None
+        if family_from_file:
+            self.config.weights_family = family_from_file
+        report = load_converted(self, convert_state_dict(state), strict=strict, source=str(path), name=str(checkpoint), hint=(
             "To load what fits (the rest is logged), set strict=False in init_cfg=dict(type='Pretrained', ...)."))
+        if family_from_file:
+            report.weights_family_source = "from the checkpoint's config.json"
+        self.load_report = report
         print_log(f"{name}: loaded {checkpoint}: {report.summary()}", logger="current")
         if report.initialized:
             print_log(f"{name}: not in the checkpoint, freshly initialised: {report.initialized}", logger="current")

@@ -31,6 +31,16 @@ A checkpoint of another backbone
     the backbone part is checked by the core's rules afterwards (``check_backbone_weights``):
     a deeper, wider or longer ConvNeXt is an error naming both architectures, not a log line.
 
+The pixel normalisation the weights were trained with
+    After the weights are in (``init_cfg`` Pretrained, ``load_from``, resume), the backbone's
+    weights family (told by the checkpoint, or the backbone's ``weights_family`` argument) is
+    compared with the ``data_preprocessor``'s mean/std (0..255; RGB when it converts the BGR
+    images mmcv loads, ``bgr_to_rgb=True``, else BGR): CLIP weights fed ImageNet-normalised pixels
+    train and evaluate worse and nothing else would say so. A mismatch is a ``ValueError`` naming
+    both values and the keys to change, unless the config sets ``strict_normalisation=False``
+    (then a warning). This is the Runner's job because the backbone never sees the data
+    preprocessor; ``check_normalisation`` does it for any built model.
+
 Other things the mixin adds, each small:
     * checkpoints are written to a temporary name and renamed, so a run killed while saving
       never leaves a truncated ``iter_N.pth`` behind;
@@ -65,12 +75,15 @@ from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 
 from convnext_backbone import CheckpointError, ConvNextBackbone
 from convnext_backbone.convert import convert_state_dict, describe_mismatch, match_converted
+from convnext_backbone.families import get_family, normalisation_mismatch
 
 __all__ = [
     "ConvNeXtRunnerMixin",
     "MMENGINE_CHECKPOINT_GLOBALS",
+    "STRICT_NORMALISATION_KEY",
     "check_backbone_weights",
     "check_in_channels",
+    "check_normalisation",
     "checkpoint_problem",
     "last_intact_checkpoint",
     "mmengine_checkpoint_globals",
@@ -275,6 +288,56 @@ def check_backbone_weights(model: torch.nn.Module, checkpoint: dict, source: str
     print_log(f"{message}\n(non-strict load: the rest is loaded)", logger="current", level=30)
 
 
+# ---- the pixel normalisation the backbone's weights expect ---------------------------------------
+STRICT_NORMALISATION_KEY = "strict_normalisation"
+
+
+def _preprocessor_normalisation(pre: torch.nn.Module) -> tuple[list[float], list[float], bool] | None:
+    """``(mean, std, channels converted)`` an mmengine / MMDetection / MMSegmentation data preprocessor
+    applies (no mean/std: 0 and 1); None for a preprocessor of another kind or on the meta device."""
+    converted = getattr(pre, "_channel_conversion", getattr(pre, "channel_conversion", None))
+    if converted is None:
+        return None
+    if not getattr(pre, "_enable_normalize", False):
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], bool(converted)
+    mean, std = getattr(pre, "mean", None), getattr(pre, "std", None)
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor) or mean.is_meta:
+        return None
+    return mean.flatten().tolist(), std.flatten().tolist(), bool(converted)
+
+
+def check_normalisation(model: torch.nn.Module, strict: bool = True, data_preprocessor: torch.nn.Module | None = None) -> str | None:
+    """The ``data_preprocessor``'s mean/std against the pixel normalisation of the ConvNeXt backbone's
+    weights family: None when they agree or nothing is known (no family, another backbone); else
+    the message, raised as ``ValueError`` when ``strict``, logged as a warning otherwise.
+
+    ``data_preprocessor``: the one to check instead of ``model.data_preprocessor`` (a model built on
+    the meta device has no values to read). Images are taken to arrive as mmcv loads them, BGR: the
+    mean/std are RGB when the preprocessor converts the channels (``bgr_to_rgb``), BGR otherwise.
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ConvNextBackbone) or not backbone.config.weights_family:
+        return None
+    found = _preprocessor_normalisation(data_preprocessor if data_preprocessor is not None else getattr(model, "data_preprocessor", None))
+    if found is None:
+        return None
+    mean, std, converted = found
+    report = getattr(backbone, "load_report", None)
+    how = report.weights_family_source if report is not None and report.weights_family else "set by the backbone's weights_family"
+    problem = normalisation_mismatch(
+        get_family(backbone.config.weights_family), mean, std, scale=255.0, bgr=not converted,
+        where=f"model.data_preprocessor (bgr_to_rgb={converted})", keys="model.data_preprocessor mean / std")
+    if problem is None:
+        return None
+    message = (f"{problem} (the weights' family was {how}). If the weights are not of that family, set "
+               f"model.backbone.weights_family to theirs. To train with this normalisation anyway (then a warning), set "
+               f"{STRICT_NORMALISATION_KEY}=False in the config (or --cfg-options {STRICT_NORMALISATION_KEY}=False).")
+    if strict:
+        raise ValueError(message)
+    print_log(message, logger="current", level=30)
+    return message
+
+
 # ---- the Runner mixin ------------------------------------------------------------------------------
 class ConvNeXtRunnerMixin:
     """``class ConvNeXtXRunner(ConvNeXtRunnerMixin, mmengine.runner.Runner)`` (see the module doc)."""
@@ -285,6 +348,13 @@ class ConvNeXtRunnerMixin:
         model = self.model.module if is_model_wrapper(self.model) else self.model  # type: ignore[attr-defined]
         check_backbone_weights(model, checkpoint, filename, strict=self.cfg.get(STRICT_KEY, True))  # type: ignore[attr-defined]
         return checkpoint
+
+    def load_or_resume(self) -> None:
+        """mmengine's, then the weights' normalisation against the data preprocessor's (``train`` has
+        applied ``init_cfg`` just before; ``val`` / ``test`` load here)."""
+        super().load_or_resume()  # type: ignore[misc]
+        model = self.model.module if is_model_wrapper(self.model) else self.model  # type: ignore[attr-defined]
+        check_normalisation(model, strict=self.cfg.get(STRICT_NORMALISATION_KEY, True))  # type: ignore[attr-defined]
 
     def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         problem = resume_problem(filename)

@@ -118,8 +118,9 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
     """Build the model on the meta device (no memory, no init) and check it before any work.
 
     Config mistakes (unknown arch, bad out_indices, an argument a model part does not take,
-    neck/head in_channels that do not match the backbone, AMP asked for on a machine without a
-    GPU, a truncated checkpoint to resume from) then stop in a second, before the Runner
+    neck/head in_channels that do not match the backbone, a data preprocessor mean/std unlike the
+    backbone's ``weights_family``'s, AMP asked for on a machine without a GPU, a truncated
+    checkpoint to resume from) then stop in a second, before the Runner
     collects the environment, creates the work dir and builds data loaders. (The Runner checks
     the resume checkpoint again, for the frameworks' own ``tools/train.py``.)
     """
@@ -128,7 +129,7 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
 
     from convnext_backbone import CheckpointError
 
-    from .runner import check_in_channels, checkpoint_problem, resume_problem
+    from .runner import STRICT_NORMALISATION_KEY, check_in_channels, check_normalisation, checkpoint_problem, resume_problem
 
     if cfg.get("resume"):
         target = cfg.get("load_from")
@@ -149,9 +150,15 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
     # the config's scope for this build only: a library call leaves mmengine's global scope alone
-    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"), config_arguments(cfg):
+    scope = cfg.get("default_scope", default_scope)
+    with DefaultScope.overwrite_default_scope(scope), torch.device("meta"), config_arguments(cfg):
         model = models.build(cfg.model)
     check_in_channels(model)
+    family = getattr(getattr(getattr(model, "backbone", None), "config", None), "weights_family", None)
+    if family and cfg.model.get("data_preprocessor"):  # named in the config: checked now (a file's family, once loaded)
+        with DefaultScope.overwrite_default_scope(scope), config_arguments(cfg):
+            preprocessor = models.build(cfg.model.data_preprocessor)  # for real: a meta model's mean has no values
+        check_normalisation(model, strict=cfg.get(STRICT_NORMALISATION_KEY, True), data_preprocessor=preprocessor)
 
 
 def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models: Any, runners: Any,
