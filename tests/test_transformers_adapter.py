@@ -10,6 +10,7 @@
 """
 import json
 import os
+import warnings
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -47,7 +48,7 @@ from transformers_convnext import (
     load_backbone_weights,
 )
 
-from helpers import max_abs_diff, randomize_
+from helpers import max_abs_diff, randomize_, write_open_clip_checkpoint
 
 TOL = 1e-5
 ALL4 = ["stage1", "stage2", "stage3", "stage4"]
@@ -222,7 +223,8 @@ def test_hf_checkpoint_conversion_is_strict(tmp_path):
         save_file({k: v for k, v in full.items() if k != key}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
         with pytest.raises(CheckpointError, match=message):
             from_hf_pretrained(tmp_path)
-    not_convnext = r"expected a transformers ConvNeXt config \(model_type one of \['convnext', 'convnextv2'\]\), got model_type 'resnet'"
+    not_convnext = (r"expected a transformers ConvNeXt config \(model_type one of \['convnext', 'convnextv2', 'dinov3_convnext'\]\), "
+                    r"got model_type 'resnet'")
     with pytest.raises(ValueError, match=not_convnext):
         ConvNextBackboneConfig.from_hf_config(transformers.ResNetConfig())
 
@@ -366,3 +368,64 @@ def test_detr_train_step_and_inference(pixels):
     with torch.no_grad():
         out = model(pixel_values=pixels, pixel_mask=mask)
     assert out.logits.shape == (2, 5, 4) and out.pred_boxes.shape == (2, 5, 4)
+
+
+# --- DINOv3's ConvNeXt backbone, and the weights' family against an image processor -----------------
+def test_dinov3_convnext_upernet_loads_with_our_backbone(tmp_path, pixels):
+    backbone = transformers.DINOv3ConvNextConfig(depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 64, 128], out_features=ALL4,
+                                                 layer_norm_eps=1e-5)  # not the default: every norm must take it
+    config = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=64, auxiliary_channels=8, num_labels=3)
+    ref = randomize_(UperNetForSemanticSegmentation(config), seed=4).eval()  # layer scale too: blocks that matter
+    assert type(ref.backbone).__name__ == "DINOv3ConvNextBackbone"
+    ref.save_pretrained(tmp_path / "hf")
+
+    ours = from_hf_pretrained(tmp_path / "hf")
+    assert type(ours.backbone) is ConvNextBackboneModel and ours.load_report.ok
+    translated = ours.config.backbone_config
+    assert (translated.norm_eps, translated.norm_outputs, translated.version) == (1e-5, False, "v1")  # DINOv3 returns raw stages
+    assert ours.load_report.source_format == "dinov3_hf" and translated.weights_family == "dinov3_lvd1689m"
+    with torch.no_grad():
+        assert max_abs_diff(ours(pixels).logits, ref(pixels).logits) <= TOL
+    with pytest.raises(ValueError, match="its 'stem' is the input image itself"):
+        ConvNextBackboneConfig.from_hf_config(transformers.DINOv3ConvNextConfig(out_features=["stem", "stage4"]))
+
+
+def _clip_upernet(directory, image_mean, image_std):
+    """A saved UperNet whose backbone config names CLIP weights, with a processor normalising by ``image_mean``/``std``."""
+    backbone = ConvNextBackboneConfig.from_preset("convnextv2_atto", out_features=ALL4, weights_family="clip_laion2b")
+    UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8,
+                                                 num_labels=3)).save_pretrained(directory)
+    transformers.ConvNextImageProcessor(image_mean=image_mean, image_std=image_std).save_pretrained(directory)
+    return directory
+
+
+def test_image_processor_unlike_the_weights_family_is_reported(tmp_path):
+    from transformers_convnext import NormalisationWarning, check_image_processor
+
+    imagenet, clip = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+    with pytest.warns(NormalisationWarning, match=r"the weights are clip_laion2b .*mean \[0.4815, 0.4578, 0.4082\].*"
+                                                  r"the image processor \(preprocessor_config.json\) normalises with mean \[0.485, 0.456, 0.406\]"):
+        model = from_hf_pretrained(_clip_upernet(tmp_path / "imagenet", *imagenet))  # its own processor: reported, loaded
+    assert model.load_report.weights_family_source == "set in the config"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NormalisationWarning)
+        from_hf_pretrained(_clip_upernet(tmp_path / "clip", *clip))  # silent
+
+    processor = transformers.ConvNextImageProcessor(image_mean=imagenet[0], image_std=imagenet[1])
+    with pytest.raises(ValueError, match=r"ConvNextImageProcessor.*pass strict_normalisation=False"):
+        check_image_processor(model, processor)
+    assert check_image_processor(model, transformers.ConvNextImageProcessor(image_mean=clip[0], image_std=clip[1])) is None
+    # 0..255 pixels (no rescale): the mean/std are compared at that scale
+    assert check_image_processor(model, {"do_rescale": False, "image_mean": [v * 255 for v in clip[0]],
+                                         "image_std": [v * 255 for v in clip[1]]}) is None
+
+    # CLIP weights told by their open_clip layout, loaded into a model with an ImageNet processor at hand
+    ckpt = write_open_clip_checkpoint(tmp_path / "w" / "weights.pt", "convnextv2_atto")
+    fresh = UperNetForSemanticSegmentation(UperNetConfig(
+        backbone_config=ConvNextBackboneConfig.from_preset("convnextv2_atto", out_features=ALL4), hidden_size=16,
+        auxiliary_channels=8, num_labels=3))
+    with pytest.raises(ValueError, match="from the open_clip layout|the weights are clip_laion2b"):
+        load_backbone_weights(fresh, ckpt, image_processor=processor)
+    assert fresh.config.backbone_config.weights_family == "clip_laion2b"  # save_pretrained keeps it
+    with pytest.warns(NormalisationWarning):
+        load_backbone_weights(fresh, ckpt, image_processor=processor, strict_normalisation=False)

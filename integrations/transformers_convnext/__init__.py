@@ -10,11 +10,19 @@
 Then ``UperNetConfig`` / ``Mask2FormerConfig`` / ``DetrConfig(backbone_config=...)`` build on it, and
 ``save_pretrained`` / ``from_pretrained`` work as for any transformers model (import this package
 first in the loading process). ``checkpoint`` converts transformers checkpoints that use HF's
-ConvNeXt backbone and loads any core checkpoint format into the backbone part.
+ConvNeXt backbone (or DINOv3's) and loads any core checkpoint format into the backbone part, and
+checks an image processor's normalisation against the backbone's weights family.
 """
 from transformers import AutoBackbone, AutoConfig, AutoModel
 
-from .checkpoint import convert_hf_checkpoint, find_backbone, from_hf_pretrained, load_backbone_weights
+from .checkpoint import (
+    NormalisationWarning,
+    check_image_processor,
+    convert_hf_checkpoint,
+    find_backbone,
+    from_hf_pretrained,
+    load_backbone_weights,
+)
 from .configuration import MODEL_TYPE, ConvNextBackboneConfig
 from .modeling import ConvNextBackboneModel, ConvNextBackbonePreTrainedModel
 
@@ -27,6 +35,8 @@ __all__ = [
     "ConvNextBackboneConfig",
     "ConvNextBackboneModel",
     "ConvNextBackbonePreTrainedModel",
+    "NormalisationWarning",
+    "check_image_processor",
     "convert_hf_checkpoint",
     "find_backbone",
     "from_hf_pretrained",

@@ -22,9 +22,10 @@ from convnext_backbone.arch import config_from_preset_name
 from convnext_backbone.config import CONFIG_CLASSES, FIELDS, ConvNextConfig, fields_in
 from convnext_backbone.presets import model_type_of_version, version_of
 
-__all__ = ["ConvNextBackboneConfig", "MODEL_TYPE"]
+__all__ = ["ConvNextBackboneConfig", "DINOV3_MODEL_TYPE", "MODEL_TYPE"]
 
 MODEL_TYPE = "convnext_backbone"
+DINOV3_MODEL_TYPE = "dinov3_convnext"  # transformers' DINOv3ConvNextConfig: translated, see from_hf_config
 
 _SHAPE_FIELDS = fields_in("shape")  # shared with transformers' ConvNextConfig / ConvNextV2Config
 _CORE_FIELDS = fields_in("shape", "arch", "knob", "meta")  # shared with the core config
@@ -49,7 +50,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
     Build it from a preset with ``ConvNextBackboneConfig.from_preset("convnextv2_tiny",
     out_features=["stage1", "stage2", "stage3", "stage4"])``, from a core config with
     ``from_core_config``, or from transformers' own ``ConvNextConfig`` / ``ConvNextV2Config`` with
-    ``from_hf_config``.
+    ``from_hf_config`` (also ``DINOv3ConvNextConfig``).
 
     Args:
         version (`str`, defaults to `"v1"`): `"v1"` (ConvNeXt, layer scale) or `"v2"` (ConvNeXt V2,
@@ -167,12 +168,16 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @classmethod
     def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> ConvNextBackboneConfig:
-        """From transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` (or their dicts), same outputs and weights."""
+        """From transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` / ``DINOv3ConvNextConfig`` (or their
+        dicts), same outputs and weights."""
         d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
         model_type = d.get("model_type")
+        if model_type == DINOV3_MODEL_TYPE:
+            return cls._from_dinov3_config(d, **kwargs)
         if model_type not in CONFIG_CLASSES:  # transformers' ConvNeXt model types are the core's
             raise ValueError(
-                f"expected a transformers ConvNeXt config (model_type one of {list(CONFIG_CLASSES)}), got model_type {model_type!r}"
+                f"expected a transformers ConvNeXt config (model_type one of {list(CONFIG_CLASSES) + [DINOV3_MODEL_TYPE]}), "
+                f"got model_type {model_type!r}"
             )
         fields: dict[str, Any] = {k: d[k] for k in _SHAPE_FIELDS if d.get(k) is not None}
         patch = fields.get("patch_size")
@@ -188,5 +193,28 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
             fields.pop("layer_scale_init_value", None)
         if "out_features" not in kwargs and "out_indices" not in kwargs:
             fields["out_features"] = d.get("out_features")
+        fields.update(kwargs)
+        return cls(**fields)
+
+    @classmethod
+    def _from_dinov3_config(cls, d: dict[str, Any], **kwargs: Any) -> ConvNextBackboneConfig:
+        """transformers' ``DINOv3ConvNextConfig``: a V1 ConvNeXt whose every LayerNorm uses
+        ``layer_norm_eps`` and whose ``DINOv3ConvNextBackbone`` returns the stage outputs as they
+        are (no output norms: ``norm_outputs=False``). Its ``"stem"`` feature is the input image
+        itself, not the stem's output, so it has no equivalent here."""
+        out_features = kwargs.get("out_features", d.get("out_features") if "out_indices" not in kwargs else None)
+        if out_features and "stem" in out_features:
+            raise ValueError(
+                f"{DINOV3_MODEL_TYPE} out_features {list(out_features)}: its 'stem' is the input image itself (DINOv3ConvNextBackbone "
+                "returns pixel_values there), which this backbone does not return; choose from 'stage1'..'stage4'"
+            )
+        eps = d.get("layer_norm_eps", 1e-6)
+        fields: dict[str, Any] = {k: d[k] for k in ("num_channels", "hidden_sizes", "depths", "hidden_act", "initializer_range",
+                                                    "layer_scale_init_value", "drop_path_rate") if d.get(k) is not None}
+        image = d.get("image_size")
+        fields.update(version="v1", patch_size=4, norm_eps=eps, layer_norm_eps=eps, norm_outputs=False,
+                      image_size=image[0] if isinstance(image, (list, tuple)) else image or 224)
+        if "out_features" not in kwargs and "out_indices" not in kwargs:
+            fields["out_features"] = out_features
         fields.update(kwargs)
         return cls(**fields)
