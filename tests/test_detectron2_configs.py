@@ -102,3 +102,51 @@ def test_coco_recipe(path):
         b = cfg.MODEL.ROI_BOX_HEAD
         assert (b.NUM_CONV, b.NUM_FC, b.NORM, b.CLS_AGNOSTIC_BBOX_REG, b.BBOX_REG_LOSS_TYPE, b.BBOX_REG_LOSS_WEIGHT) == (4, 1, "SyncBN", False, "giou", 10.0)
         assert tuple(cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS) == (1.0, 0.5, 0.25)
+
+
+# --- configs for other weight families: the ImageNet recipe, their own weights and normalisation -------
+FAMILY_FILES = {  # file -> (family, preset, frozen trunk, the ImageNet config whose recipe it follows)
+    "dinov3/mask_rcnn_convnext_tiny_fpn_3x_coco.yaml": ("dinov3_lvd1689m", "convnext_tiny", False, "mask_rcnn_convnext_tiny_fpn_3x_coco.yaml"),
+    "clip/mask_rcnn_convnext_large_frozen_fpn_3x_coco.yaml": ("clip_laion2b", "convnext_large", True, "mask_rcnn_convnext_tiny_fpn_3x_coco.yaml"),
+}
+
+
+def test_weight_family_configs_are_the_ones_promised():
+    assert {str(p.relative_to(CONFIGS)) for p in ALL_FILES if p.parent.name in ("dinov3", "clip")} == set(FAMILY_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_FILES))
+def test_weight_family_config_recipe_weights_and_normalisation(name):
+    from convnext_backbone.families import IMAGENET_MEAN, IMAGENET_STD, get_family, normalisation_mismatch
+
+    family, preset, frozen, twin = FAMILY_FILES[name]
+    path = CONFIGS / name
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(line.startswith("# Target: none published") for line in header)
+    recipe = next(line for line in header if line.startswith("# Hyper-parameters:"))
+    assert twin in recipe and "official" in recipe and any(line.startswith("# Weights:") for line in header)
+    cfg, ref = load(path), load(CONFIGS / twin)
+    c = cfg.MODEL.CONVNEXT
+    named = {k: c[k] for k in ("NAME", "WEIGHTS_FAMILY", "STRICT_NORMALISATION")}
+    assert named == {"NAME": preset, "WEIGHTS_FAMILY": family, "STRICT_NORMALISATION": True}
+    # the pixels the weights were trained on, as Detectron2 feeds them (0..255, INPUT.FORMAT's order)
+    assert normalisation_mismatch(get_family(family), cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, scale=255,
+                                  bgr=cfg.INPUT.FORMAT == "BGR") is None
+    imagenet = normalisation_mismatch(get_family(family), [255 * v for v in IMAGENET_MEAN], [255 * v for v in IMAGENET_STD], scale=255)
+    assert (imagenet is None) == (family != "clip_laion2b")
+    # the recipe: the ImageNet twin's, but for what a frozen trunk makes moot
+    s, r = cfg.SOLVER, ref.SOLVER
+    same = ("OPTIMIZER", "BASE_LR", "WEIGHT_DECAY", "BETAS", "IMS_PER_BATCH", "MAX_ITER", "STEPS", "GAMMA", "WARMUP_ITERS", "WARMUP_FACTOR")
+    assert [s[k] for k in same] == [r[k] for k in same]
+    assert cfg.INPUT == ref.INPUT and cfg.MODEL.ROI_HEADS == ref.MODEL.ROI_HEADS and cfg.MODEL.FPN == ref.MODEL.FPN
+    if frozen:
+        assert (c.FROZEN_STAGES, c.NORM_OUTPUTS, c.DROP_PATH_RATE, s.LAYER_DECAY.RATE) == (4, False, 0.0, 1.0)
+    else:
+        assert (c.FROZEN_STAGES, c.NORM_OUTPUTS, c.DROP_PATH_RATE) == (-1, True, ref.MODEL.CONVNEXT.DROP_PATH_RATE)
+        assert s.LAYER_DECAY == r.LAYER_DECAY
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    trunk = model.backbone.bottom_up
+    assert trunk.config.weights_family == family
+    assert all(not p.requires_grad for p in trunk.parameters()) == frozen and any(p.requires_grad for p in model.parameters())

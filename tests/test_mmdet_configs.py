@@ -153,3 +153,32 @@ def test_smoke_config_builds_for_real_and_is_small():
     model = MODELS.build(cfg.model)
     check_in_channels(model)
     assert sum(p.numel() for p in model.parameters()) < 10_000_000
+
+
+# --- configs for other weight families: the ImageNet recipe, their own weights and normalisation -------
+def test_dinov3_mask_rcnn_config_is_the_imagenet_recipe_on_dinov3_weights():
+    from convnext_backbone.families import get_family, normalisation_mismatch
+
+    assert sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "dinov3").glob("*.py")) == \
+        ["dinov3/mask_rcnn_convnext_tiny_fpn_3x_coco.py"]
+    path = CONFIGS / "dinov3" / "mask_rcnn_convnext_tiny_fpn_3x_coco.py"
+    published = [line for line in path.read_text().splitlines() if line.startswith("# Published")]
+    assert len(published) == 1 and published[0].startswith("# Published: none")
+    assert "mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco_in1k.py" in path.read_text()
+    cfg, ref = Config.fromfile(str(path)), Config.fromfile(str(CONFIGS / "mask_rcnn_convnext_tiny_fpn_3x_coco.py"))
+    assert ROOT_RUNNERS.get(cfg.runner_type) is mmdet_convnext.ConvNeXtDetRunner
+    bb = cfg.model.backbone
+    assert (bb.arch, bb.weights_family, bb.init_cfg.checkpoint) == \
+        ("convnext_tiny", "dinov3_lvd1689m", "facebook/dinov3-convnext-tiny-pretrain-lvd1689m")
+    # the official ConvNeXt-T Mask R-CNN 3x recipe, exactly (weights and family aside)
+    for key in ("optim_wrapper", "param_scheduler", "train_cfg", "train_dataloader", "auto_scale_lr"):
+        assert cfg[key] == ref[key], key
+    assert {k: v for k, v in bb.items() if k not in ("weights_family", "init_cfg")} == \
+        {k: v for k, v in ref.model.backbone.items() if k != "init_cfg"}
+    assert RECIPE["convnext_tiny"][:2] == (bb.drop_path_rate, cfg.optim_wrapper.paramwise_cfg.decay_rate)
+    pre = cfg.model.data_preprocessor  # mmcv loads BGR; bgr_to_rgb makes the mean/std RGB
+    assert normalisation_mismatch(get_family(bb.weights_family), pre.mean, pre.std, scale=255, bgr=not pre.bgr_to_rgb) is None
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    check_in_channels(model)
+    assert model.backbone.config.weights_family == "dinov3_lvd1689m"

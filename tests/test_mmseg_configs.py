@@ -109,3 +109,65 @@ def test_smoke_config_inherits_the_recipe_and_shrinks_it():
     assert cfg.train_dataloader.dataset.type == "ADE20KDataset" and cfg.train_dataloader.dataset.data_root == "data/synthetic_ade"
     assert any(t.type == "LoadAnnotations" and t.reduce_zero_label for t in cfg.train_dataloader.dataset.pipeline)
     assert re.search(r"^# Published: none", (CONFIGS / "smoke" / "upernet_convnextv2_atto_64x64_synthetic.py").read_text(), re.M)
+
+
+# --- configs for other weight families: the ImageNet recipe, their own weights and normalisation -------
+# file -> (family, the ImageNet config whose recipe it follows, checkpoint, frozen trunk)
+FAMILY_CONFIGS = {
+    "dinov3/upernet_convnext_tiny_512x512_160k_ade20k": (
+        "dinov3_lvd1689m", "upernet_convnext_tiny_512x512_160k_ade20k", "facebook/dinov3-convnext-tiny-pretrain-lvd1689m", False),
+    "clip/upernet_convnext_large_frozen_640x640_160k_ade20k": (
+        "clip_laion2b", "upernet_convnext_large_640x640_160k_ade20k", "timm/convnext_large_mlp.clip_laion2b_ft_soup_320", True),
+}
+
+
+def test_weight_family_configs_are_the_ones_promised():
+    found = {p.relative_to(CONFIGS).with_suffix("").as_posix() for d in ("dinov3", "clip") for p in (CONFIGS / d).glob("*.py")}
+    assert found == set(FAMILY_CONFIGS)
+
+
+@pytest.mark.parametrize("stem", sorted(FAMILY_CONFIGS))
+def test_weight_family_config_recipe_weights_and_normalisation(stem):
+    from convnext_backbone.families import get_family, normalisation_mismatch
+
+    family, twin, checkpoint, frozen = FAMILY_CONFIGS[stem]
+    path = CONFIGS / f"{stem}.py"
+    published = [line for line in path.read_text().splitlines() if line.startswith("# Published")]
+    assert len(published) == 1 and published[0].startswith("# Published: none")
+    assert f"../{twin}.py" in path.read_text()  # whose recipe, said in the header
+    cfg, ref = Config.fromfile(str(path)), Config.fromfile(str(CONFIGS / f"{twin}.py"))
+    bb, rb = cfg.model.backbone, ref.model.backbone
+    assert (bb.type, bb.arch, bb.weights_family, bb.init_cfg.checkpoint) == ("MMSegConvNeXt", rb.arch, family, checkpoint)
+    for key in ("optim_wrapper", "param_scheduler", "train_cfg", "train_dataloader", "val_dataloader", "runner_type"):
+        assert cfg[key] == ref[key], key
+    assert cfg.model.decode_head == ref.model.decode_head and cfg.model.test_cfg == ref.model.test_cfg
+    if frozen:
+        assert (bb.frozen_stages, bb.norm_outputs, bb.drop_path_rate) == (4, False, 0.0)
+    else:
+        assert {k: v for k, v in bb.items() if k not in ("weights_family", "init_cfg")} == \
+            {k: v for k, v in rb.items() if k != "init_cfg"}
+    pre = cfg.model.data_preprocessor  # mmcv loads BGR; bgr_to_rgb makes the mean/std RGB
+    assert normalisation_mismatch(get_family(family), pre.mean, pre.std, scale=255, bgr=not pre.bgr_to_rgb) is None
+    assert {k: v for k, v in pre.items() if k not in ("mean", "std")} == \
+        {k: v for k, v in ref.model.data_preprocessor.items() if k not in ("mean", "std")}
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    check_segmentor(model)
+    assert model.backbone.config.weights_family == family
+    assert all(not p.requires_grad for p in model.backbone.parameters()) == frozen
+
+
+def test_frozen_clip_config_preflight_stops_imagenet_pixels():
+    """The family is named in the config, so the train command's preflight compares it with the data
+    preprocessor before any weights or data are read."""
+    from mmseg_convnext.train import preflight
+
+    cfg = Config.fromfile(str(CONFIGS / "clip" / "upernet_convnext_large_frozen_640x640_160k_ade20k.py"))
+    cfg.optim_wrapper.type = "OptimWrapper"
+    preflight(cfg)  # CLIP weights, CLIP pixels
+    cfg.model.data_preprocessor.mean = [123.675, 116.28, 103.53]
+    cfg.model.data_preprocessor.std = [58.395, 57.12, 57.375]
+    with pytest.raises(ValueError, match=r"the weights are clip_laion2b .*set by the backbone's weights_family"):
+        preflight(cfg)
+    cfg.strict_normalisation = False
+    preflight(cfg)  # opted out: a warning
