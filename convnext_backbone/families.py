@@ -53,7 +53,7 @@ FAMILIES: dict[str, WeightFamily] = {f.name: f for f in (
                  "EUPE ConvNeXt (DINOv3-style distillation on LVD-1689M)"),
     WeightFamily("clip_laion2b", CLIP_MEAN, CLIP_STD, "MIT (open_clip / LAION)", "open_clip CLIP ConvNeXt image tower, LAION-2B"),
     WeightFamily("clip_laion2b_ft_in1k", CLIP_MEAN, CLIP_STD, "MIT (open_clip / LAION; timm fine-tune Apache-2.0)",
-                 "CLIP ConvNeXt fine-tuned on ImageNet (keeps CLIP normalisation)"),
+                 "CLIP ConvNeXt fine-tuned on ImageNet-12k/1k (keeps CLIP normalisation)"),
 )}
 
 def get_family(name: str) -> WeightFamily:
@@ -64,43 +64,48 @@ def get_family(name: str) -> WeightFamily:
     return family
 
 
-def _from_name(source: str, v2: bool) -> WeightFamily | None:
-    """The family a file or hub name says (``convnext_base.clip_laion2b_augreg_ft_in1k``,
-    ``convnextv2_tiny_1k_224_fcmae.pt``, ``convnext_tiny_22k_1k_224.pth``), or None."""
-    name = source.lower().replace("-", "_")
-    ft = re.compile(r"ft|1k")
-    if "eupe" in name:
+def _from_name(name: str, v2: bool) -> WeightFamily | None:
+    """The family a file or hub name says by its whole tokens (``convnext_base.clip_laion2b_augreg_ft_in1k``,
+    ``convnextv2_tiny_1k_224_fcmae.pt``, ``convnext_tiny_22k_1k_224.pth``; not ``clipart/``), or None."""
+    tokens = re.split(r"[^a-z0-9]+", name.lower())
+    has = set(tokens).__contains__
+    if has("eupe"):
         return FAMILIES["eupe_lvd1689m"]
-    if "dinov3" in name or "lvd1689m" in name:
+    if has("dinov3") or has("lvd1689m"):
         return FAMILIES["dinov3_lvd1689m"]
-    if "clip" in name or "laion" in name:
-        return FAMILIES["clip_laion2b_ft_in1k" if re.search(r"ft|in1k|in12k", name) else "clip_laion2b"]
-    if "in12k" in name:
+    if has("clip") or any(t.startswith("laion") for t in tokens):  # LAION's own fine-tunes ("ft_soup") stay CLIP pre-training
+        return FAMILIES["clip_laion2b_ft_in1k" if has("in1k") or has("in12k") else "clip_laion2b"]
+    if has("in12k"):
         return FAMILIES["in12k_ft_in1k"]
-    if "fcmae" in name and not ft.search(name.split("fcmae", 1)[1]):
-        return FAMILIES["fcmae"]  # the official pre-training files: convnextv2_tiny_1k_224_fcmae.pt
-    if v2 or "fcmae" in name:
-        if "22k" in name:
-            return FAMILIES["fcmae_ft_in22k_in1k"]
-        return FAMILIES["fcmae_ft_in1k"] if ft.search(name) else None
-    if "22k" in name:
-        return FAMILIES["fb_in22k_ft_in1k" if ft.search(name.split("22k", 1)[1]) else "fb_in22k"]
-    return FAMILIES["fb_in1k"] if re.search(r"in1k|_1k", name) else None
+    if has("fcmae"):
+        after = tokens[tokens.index("fcmae") + 1:]
+        if "ft" not in after:
+            return FAMILIES["fcmae"]  # pre-training: timm's .fcmae, the official convnextv2_tiny_1k_224_fcmae.pt
+        return FAMILIES["fcmae_ft_in22k_in1k" if "in22k" in after or has("22k") else "fcmae_ft_in1k"]
+    twenty_two = next((i for i, t in enumerate(tokens) if t in ("22k", "in22k")), None)
+    if v2:  # the official V2 fine-tunes: convnextv2_tiny_1k_224_ema.pt, convnextv2_tiny_22k_384_ema.pt
+        return FAMILIES["fcmae_ft_in22k_in1k"] if twenty_two is not None else FAMILIES["fcmae_ft_in1k"] if has("1k") or has("in1k") else None
+    if twenty_two is not None:
+        fine_tuned = any(t in ("1k", "in1k", "ft") for t in tokens[twenty_two + 1:])
+        return FAMILIES["fb_in22k_ft_in1k" if fine_tuned else "fb_in22k"]
+    return FAMILIES["fb_in1k"] if has("1k") or has("in1k") else None
 
 
 def detect_family(layout: str, v2: bool, head_classes: int | None, source: str = "") -> tuple[WeightFamily | None, str]:
-    """``(family or None, how it was told)`` from what the converter saw.
+    """``(family or None, how it was told)`` from what the converter saw, strongest evidence first.
 
-    ``layout``: the converter's layout name (``open_clip``, ``dinov3_hf``, ``eupe`` ... or a plain
-    format); ``head_classes``: classes of a classification head in the file, if any; ``source``:
-    the file, directory or hub name (its tokens are the most specific evidence there is).
+    ``layout``: the converter's layout name (``open_clip``, ``dinov3_hf``, ``eupe``, ``fcmae``, or a
+    format that says nothing about the family); then ``source``, the name the user gave (a hub id, or
+    a file's name, else its folder's); then ``head_classes``, the classes of a classification head.
     """
     by_layout = {"open_clip": "clip_laion2b", "dinov3_hf": "dinov3_lvd1689m", "eupe": "eupe_lvd1689m", "fcmae": "fcmae"}
-    named = _from_name(source, v2) if source else None
-    if named is not None:
-        return named, f"from the name {source!r}"
     if layout in by_layout:
         return FAMILIES[by_layout[layout]], f"from the {layout} layout"
+    parts = [p for p in re.split(r"[\\/]", source) if p][-2:]
+    for name in reversed(parts):  # the file's own name first, then the folder it is in
+        named = _from_name(name, v2)
+        if named is not None:
+            return named, f"from the name {name!r}"
     if head_classes is not None:
         if head_classes == 21841 and not v2:
             return FAMILIES["fb_in22k"], "from the 21841-class head"

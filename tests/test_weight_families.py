@@ -119,7 +119,7 @@ def test_open_clip_checkpoint_in_a_training_wrapper(head, clip_base, tmp_path, p
     report = ours.load_report
     assert report.ok and report.source_format == "timm"
     dropped = _dropped(report)
-    assert dropped["CLIP text tower (not part of the image backbone)"] == {
+    assert dropped["CLIP text tower and contrastive logit scale (not part of the image backbone)"] == {
         "module"} and len([k for k, w in report.dropped if "text tower" in w]) == 7
     assert any("projection head" in why for why in dropped)
     assert any(key.endswith(f"visual.head.{'proj' if head == 'proj' else 'mlp.fc1'}.weight") for key, _ in report.dropped)

@@ -184,7 +184,7 @@ _WHOLE_MODEL = "not part of the backbone (detector/segmentor head or pre-trainin
 # Checkpoints that hold more than the image trunk: what else is in them, and why it is dropped.
 _CLIP_TRUNK = "visual.trunk."
 _CLIP_HEAD = (r"^visual\.head\.", "CLIP image projection head (image features -> the joint image-text space)")
-_CLIP_TEXT = "CLIP text tower (not part of the image backbone)"
+_CLIP_TEXT = "CLIP text tower and contrastive logit scale (not part of the image backbone)"
 _DISTILL_EXTRAS = (r"^(norms|projectors)\.", "DINOv3/EUPE distillation feature norms and projectors (pre-training heads)")
 
 

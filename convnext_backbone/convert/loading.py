@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import OUTPUT_NORM_KEY, ConvNextConfig
-from ..families import FAMILIES, detect_family
+from ..families import FAMILIES, detect_family, get_family
 from ..messages import shortened
 from .formats import Conversion, convert_state_dict, infer_config
 from .reading import CheckpointError, read_checkpoint
@@ -145,14 +144,16 @@ def describe_mismatch(report: LoadReport, conv: Conversion, model: nn.Module, pr
 
 
 def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",
-                   hint: str | None = STRICT_HINT, name: str | None = None) -> LoadReport:
+                   hint: str | None = STRICT_HINT, name: str | None = None, family: str | None = None) -> LoadReport:
     """Load a converted state dict; with ``strict`` any real mismatch raises ``CheckpointError``
     naming both architectures when they differ, then the keys (shape mismatches first), then ``hint``
     (how to load anyway, in the terms of the caller: a keyword, a flag, a config key; None: no hint).
 
     The weights' family (``families``) goes into the report and, unless the model's config already
     names one (the user's word wins), into ``model.config.weights_family``. ``name``: the name the
-    user gave (a hub id, a file name), whose tokens tell the family best; default ``source``."""
+    user gave (a hub id, a file name), whose tokens tell the family; default ``source``. ``family``:
+    what the checkpoint's own config says (a ``save_pretrained`` / ``convert`` directory's
+    config.json); the model's configured family wins over it, and it over detection."""
     report, to_load = match_converted(model, conv)
     if strict and not report.ok:
         raise CheckpointError(
@@ -164,23 +165,18 @@ def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, sour
         for k, v in to_load.items():
             own[k].copy_(v.to(own[k].dtype))
     report.loaded = sorted(to_load)
-    _record_family(model, conv, report, name or source)
+    _record_family(model, conv, report, name or source, family)
     return report
 
 
-def _record_family(model: nn.Module, conv: Conversion, report: LoadReport, name: str) -> None:
+def _record_family(model: nn.Module, conv: Conversion, report: LoadReport, name: str, given: str | None) -> None:
     config = getattr(model, "config", None)
-    given = config.weights_family if isinstance(config, ConvNextConfig) else None
-    if given:
-        report.weights_family, report.weights_family_source = given, "set in the config"
-        return
-    family, how = detect_family(conv.layout, any(".grn." in k for k in conv.state_dict), conv.head_classes, _short_name(name))
-    report.weights_family, report.weights_family_source = (family.name if family else None), how
-    if family and isinstance(config, ConvNextConfig):
-        config.weights_family = family.name
-
-
-def _short_name(name: str) -> str:
-    """The part of a path that names the weights: the file and its folder (``dinov3-convnext-tiny/model.safetensors``),
-    not the folders above, whose names say nothing about them."""
-    return "/".join(Path(str(name)).parts[-2:])
+    configured = config.weights_family if isinstance(config, ConvNextConfig) else None
+    if configured or given:
+        report.weights_family = get_family(configured or given).name
+        report.weights_family_source = "set in the config" if configured else "from the checkpoint's config.json"
+    else:
+        found, how = detect_family(conv.layout, any(".grn." in k for k in conv.state_dict), conv.head_classes, str(name))
+        report.weights_family, report.weights_family_source = (found.name if found else None), how
+    if report.weights_family and isinstance(config, ConvNextConfig):
+        config.weights_family = report.weights_family

@@ -17,7 +17,8 @@ from ..cli_errors import UserError
 
 __all__ = ["WEIGHT_FILES", "CheckpointError", "read_checkpoint"]
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The weight files of a directory, by name: transformers' and ours, then open_clip's hub repos (LAION's CLIP ConvNeXts).
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class CheckpointError(UserError):

@@ -171,9 +171,6 @@ class ConvNextCheckpointer(DetectionCheckpointer):
     def _load_backbone(self, state, source: str, family: str | None = None) -> None:
         """``family``: what the checkpoint's own config says (a ``save_pretrained`` / ``convert`` directory)."""
         prefix, trunk = find_convnext(self.model)
-        family_from_file = bool(family) and not trunk.config.weights_family
-        if family_from_file:
-            trunk.config.weights_family = family
         state = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}
         try:
             conv = convert_state_dict(state)
@@ -182,9 +179,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
                 f"MODEL.WEIGHTS {source} is neither a Detectron2 checkpoint of this model nor a ConvNeXt checkpoint "
                 f"(weights of another architecture?): {e}", hint=False,
             ) from e
-        report = load_converted(trunk, conv, strict=self.strict, source=str(source), hint=self.strict_hint)
-        if family_from_file:
-            report.weights_family_source = "from the checkpoint's config.json"
+        report = load_converted(trunk, conv, strict=self.strict, source=str(source), hint=self.strict_hint, family=family)
         if not report.ok:  # strict=False: what did not fit stays at init, listed here
             errs = report.errors()
             self.logger.warning(

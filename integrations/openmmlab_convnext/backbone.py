@@ -206,13 +206,9 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
                 raise CheckpointError(f"{checkpoint}: no keys start with prefix {prefix!r} (first keys: {list(state)[:5]})")
             state = kept
         # a save_pretrained / convert directory names its weights' family in config.json; the argument wins
-        family_from_file = (file_config or {}).get("weights_family") if not self.config.weights_family else None
-        if family_from_file:
-            self.config.weights_family = family_from_file
-        report = load_converted(self, convert_state_dict(state), strict=strict, source=str(path), name=str(checkpoint), hint=(
+        report = load_converted(self, convert_state_dict(state), strict=strict, source=str(path), name=str(checkpoint),
+                                family=(file_config or {}).get("weights_family"), hint=(
             "To load what fits (the rest is logged), set strict=False in init_cfg=dict(type='Pretrained', ...)."))
-        if family_from_file:
-            report.weights_family_source = "from the checkpoint's config.json"
         self.load_report = report
         print_log(f"{name}: loaded {checkpoint}: {report.summary()}", logger="current")
         if report.initialized:

@@ -108,13 +108,8 @@ def _load_core(backbone: ConvNextBackboneModel, checkpoint: Path | Mapping[str, 
     file_config = file_config or {}
     # a backbone directory says it at the top; a whole model's (UperNet ...) in its backbone_config
     said = file_config.get("weights_family") or (file_config.get("backbone_config") or {}).get("weights_family")
-    family_from_file = said if not core.config.weights_family else None
-    if family_from_file:
-        core.config.weights_family = family_from_file
     kwargs = {} if hint is None else {"hint": hint}
-    report = load_converted(core, convert_state_dict(state), strict=strict, source=source, name=name, **kwargs)
-    if family_from_file:
-        report.weights_family_source = "from the checkpoint's config.json"
+    report = load_converted(core, convert_state_dict(state), strict=strict, source=source, name=name, family=said, **kwargs)
     if report.weights_family and backbone.config.weights_family != report.weights_family:
         backbone.config.weights_family = report.weights_family
     return report
