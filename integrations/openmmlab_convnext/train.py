@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import os
 import os.path as osp
@@ -148,10 +149,12 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
     if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
-    # the config's scope for this build only: a library call leaves mmengine's global scope alone
+    # the config's scope for this build only: a library call leaves mmengine's global scope alone.
+    # A copy: some models write into the config they are built from (MMDetection's DETR family
+    # adds keys to its bbox_head dict, and refuses them when the Runner builds it a second time).
     with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"), config_arguments(cfg):
-        model = models.build(cfg.model)
-    check_in_channels(model)
+        model = models.build(copy.deepcopy(cfg.model))
+    check_in_channels(model, cfg.model)
 
 
 def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models: Any, runners: Any,
