@@ -204,7 +204,7 @@ def test_default_constructor_with_backbone_multiplier_exempts_only_the_convnext_
     det = detector(dict(arch="convnextv2_atto", frozen_stages=0))
     paramwise = dict(custom_keys=dict(backbone=dict(lr_mult=0.1, decay_mult=1.0)), norm_decay_mult=0.0)
 
-    def groups(constructor: str) -> dict:
+    def groups(constructor: str, paramwise: dict | None = paramwise) -> dict:
         cons = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
             type=constructor, paramwise_cfg=paramwise,
             optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05))))
@@ -223,6 +223,10 @@ def test_default_constructor_with_backbone_multiplier_exempts_only_the_convnext_
     assert ours["backbone.norm3.weight"] == ours["backbone.stages.1.0.norm.bias"] == (pytest.approx(1e-5), 0.0)
     assert ours["backbone.stages.3.1.pwconv1.weight"] == (pytest.approx(1e-5), 0.05)
     assert ours["neck.fpn_convs.0.conv.bias"] == (1e-4, 0.05)  # outside the backbone: mmengine's choice
+    # without a paramwise_cfg: mmengine's plain one-group optimizer, except the backbone's no-decay set
+    plain = groups("ConvNeXtOptimWrapperConstructor", None)
+    assert plain["backbone.stages.0.0.grn.gamma"] == (1e-4, 0.0) and plain["backbone.stages.3.1.pwconv1.weight"] == (1e-4, 0.05)
+    assert plain["neck.fpn_convs.0.conv.bias"] == (1e-4, 0.05)
 
 
 # ------------------------------------------------------------------------------ errors

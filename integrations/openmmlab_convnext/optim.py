@@ -72,7 +72,12 @@ class BackboneNoDecayMixin:
     ``norm_decay_mult`` and the rest); afterwards every parameter of a ConvNeXt ``model.backbone``
     that ``no_weight_decay`` exempts gets ``weight_decay=0`` (and ``decay_mult=0`` where a custom
     key put one in its group), its lr unchanged. Models with another backbone are left as built.
+    Without a ``paramwise_cfg`` mmengine would hand the optimizer every parameter in one group;
+    here its per-parameter path always runs, so the rule applies then too.
     """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        super().__init__(optim_wrapper_cfg, paramwise_cfg or dict(custom_keys={}))  # type: ignore[call-arg]
 
     def add_params(self, params: list[dict], module: Any, prefix: str = "", **kwargs: Any) -> None:
         start = len(params)
