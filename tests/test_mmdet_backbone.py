@@ -198,6 +198,37 @@ def test_v2_constructor_exempts_grn_from_weight_decay_and_changes_nothing_else()
         _groups_by_param(v1, "LearningRateDecayOptimizerConstructor", "layer_wise", 4)
 
 
+def test_default_constructor_with_backbone_multiplier_exempts_only_the_convnext_no_decay_set():
+    """``ConvNeXtOptimWrapperConstructor`` = mmengine's default constructor (as the DINO and Mask2Former
+    recipes use it: ``custom_keys={'backbone': lr x0.1}``) + the ConvNeXt rule on the backbone."""
+    det = detector(dict(arch="convnextv2_atto", frozen_stages=0))
+    paramwise = dict(custom_keys=dict(backbone=dict(lr_mult=0.1, decay_mult=1.0)), norm_decay_mult=0.0)
+
+    def groups(constructor: str, paramwise: dict | None = paramwise) -> dict:
+        cons = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+            type=constructor, paramwise_cfg=paramwise,
+            optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05))))
+        by_id = {id(g["params"][0]): g for g in cons(det).optimizer.param_groups}
+        return {n: (by_id[id(p)]["lr"], by_id[id(p)]["weight_decay"]) for n, p in det.named_parameters() if id(p) in by_id}
+
+    mmengine, ours = groups("DefaultOptimWrapperConstructor"), groups("ConvNeXtOptimWrapperConstructor")
+    assert set(ours) == set(mmengine) == {n for n, p in det.named_parameters() if p.requires_grad}
+    for name, p in det.named_parameters():
+        if name not in ours:
+            continue
+        exempt = name.startswith("backbone.") and (p.ndim <= 1 or name.endswith((".bias", ".gamma", ".beta")))
+        assert ours[name] == ((mmengine[name][0], 0.0) if exempt else mmengine[name]), name
+    assert mmengine["backbone.stages.0.0.grn.gamma"] == (pytest.approx(1e-5), 0.05)  # the 'backbone' key overrides norm rules
+    assert ours["backbone.stages.0.0.grn.gamma"] == (pytest.approx(1e-5), 0.0)
+    assert ours["backbone.norm3.weight"] == ours["backbone.stages.1.0.norm.bias"] == (pytest.approx(1e-5), 0.0)
+    assert ours["backbone.stages.3.1.pwconv1.weight"] == (pytest.approx(1e-5), 0.05)
+    assert ours["neck.fpn_convs.0.conv.bias"] == (1e-4, 0.05)  # outside the backbone: mmengine's choice
+    # without a paramwise_cfg: mmengine's plain one-group optimizer, except the backbone's no-decay set
+    plain = groups("ConvNeXtOptimWrapperConstructor", None)
+    assert plain["backbone.stages.0.0.grn.gamma"] == (1e-4, 0.0) and plain["backbone.stages.3.1.pwconv1.weight"] == (1e-4, 0.05)
+    assert plain["neck.fpn_convs.0.conv.bias"] == (1e-4, 0.05)
+
+
 # ------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize(
     "kw, message",

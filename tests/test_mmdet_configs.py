@@ -1,12 +1,15 @@
 """Every MMDetection config parses with mmengine, carries the official recipe, and builds.
 
-Models are built on the meta device (no memory, no init time); the smoke config is also built
+Models are built on the meta device (no memory, no init time); the smoke configs are also built
 for real. The expected values are written out here from the official ConvNeXt detection configs
-(facebookresearch/ConvNeXt, object_detection/configs/convnext) and MMDetection's pre-release
-ConvNeXt V2-B config (projects/ConvNeXt-V2), not read back from our files.
+(facebookresearch/ConvNeXt, object_detection/configs/convnext), MMDetection's pre-release
+ConvNeXt V2-B config and DINO V2-A config (projects/ConvNeXt-V2), detrex's DINO-ConvNeXt configs
+(projects/dino/configs/dino-convnext) and MMDetection 3.3.0's DINO-4scale R-50 config, not read
+back from our files.
 """
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -64,8 +67,23 @@ def _expected() -> dict[str, tuple[str, str, str, list[int]]]:
 EXPECTED = _expected()
 
 
+# DINO-4scale 12e: stem -> (preset, drop path, weights file under dl.fbaipublicfiles.com/convnext/,
+# images per GPU, published box AP or None). V1: detrex's configs and model zoo (IN-22K 384 weights);
+# V2-A: MMDetection's project config; V2 F..B: that config at their size with DINO's batch.
+_FCMAE = "convnextv2/pt_only/convnextv2_{}_1k_224_fcmae.pt"
+DINO = {
+    **{f"dino_4scale_convnext_{size}_12e_coco": (f"convnext_{size}", 0.0, f"convnext_{size}_22k_1k_384.pth", 2, ap)
+       for size, ap in (("tiny", "52.4"), ("small", "54.2"), ("base", "55.1"), ("large", "55.5"))},
+    **{f"dino_4scale_convnextv2_{size}_12e_coco": (f"convnextv2_{size}", 0.1, _FCMAE.format(size), 1 if size == "atto" else 2, None)
+       for size in ("atto", "femto", "pico", "nano", "tiny", "base")},
+}
+DINO_DIMS = {**{f"convnext_{k}": v for k, v in V1.items()}, "convnext_large": [192, 384, 768, 1536],
+             **{f"convnextv2_{k}": v for k, v in V2.items()}}
+DINO_SCALES = [(s, 1333) for s in range(480, 801, 32)]
+
+
 def test_the_config_folder_holds_exactly_the_expected_files():
-    assert {p.stem for p in CONFIGS.glob("*.py")} == set(EXPECTED) and len(EXPECTED) == 27
+    assert {p.stem for p in CONFIGS.glob("*.py")} == set(EXPECTED) | set(DINO) and len(EXPECTED) == 27 and len(DINO) == 10
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -143,6 +161,84 @@ def test_config_parses_carries_the_official_recipe_and_builds_on_meta(stem):
     check_in_channels(model)
     assert type(model).__name__ == ("MaskRCNN" if kind == "mask_rcnn" else "CascadeRCNN")
     assert model.backbone.channels == dims
+
+
+@pytest.mark.parametrize("stem", sorted(DINO))
+def test_dino_config_carries_the_published_recipe_and_builds_on_meta(stem):
+    preset, drop, weights, per_gpu, published = DINO[stem]
+    path = CONFIGS / f"{stem}.py"
+    lines = [line for line in path.read_text().splitlines() if line.startswith("# Published")]
+    assert len(lines) == 1, "one comment line quoting the published AP (or saying there is none)"
+    assert (f"box AP {published}" in lines[0]) if published else ("none" in lines[0])
+    assert re.search(r"^# Recipe: .*(detrex|projects/ConvNeXt-V2)", path.read_text(), re.M)
+
+    cfg = Config.fromfile(str(path))
+    assert cfg.custom_imports.imports == ["mmdet_convnext"] and ROOT_RUNNERS.get(cfg.runner_type) is mmdet_convnext.ConvNeXtDetRunner
+    dims = DINO_DIMS[preset]
+    bb = cfg.model.backbone
+    assert bb.type == "MMDetConvNeXt" and bb.arch == preset and tuple(bb.out_indices) == (1, 2, 3)  # stages 2-4
+    assert bb.drop_path_rate == drop and bb.get("frozen_stages", -1) == -1 and bb.get("norm_outputs", True)
+    assert bb.get("layer_scale_init_value") == (None if preset.startswith("convnextv2") else 1.0)
+    assert bb.init_cfg == dict(type="Pretrained", checkpoint=f"https://dl.fbaipublicfiles.com/convnext/{weights}")
+    neck = cfg.model.neck
+    assert (neck.type, neck.in_channels, neck.out_channels, neck.num_outs, neck.kernel_size) == ("ChannelMapper", dims[1:], 256, 4, 1)
+    assert neck.norm_cfg == dict(type="GN", num_groups=32) and neck.act_cfg is None
+
+    # MMDetection's DINO-4scale, unchanged
+    m = cfg.model
+    assert (m.type, m.num_queries, m.with_box_refine, m.as_two_stage) == ("DINO", 900, True, True)
+    assert m.encoder.num_layers == 6 and m.decoder.num_layers == 6 and m.encoder.layer_cfg.self_attn_cfg.num_levels == 4
+    assert m.encoder.layer_cfg.ffn_cfg.feedforward_channels == 2048 and m.decoder.layer_cfg.ffn_cfg.feedforward_channels == 2048
+    assert m.dn_cfg == dict(label_noise_scale=0.5, box_noise_scale=1.0, group_cfg=dict(dynamic=True, num_groups=None, num_dn_queries=100))
+    assert (m.bbox_head.type, m.bbox_head.num_classes) == ("DINOHead", 80) and m.test_cfg.max_per_img == 300
+    assert (m.bbox_head.loss_cls.loss_weight, m.bbox_head.loss_bbox.loss_weight, m.bbox_head.loss_iou.loss_weight) == (1.0, 5.0, 2.0)
+
+    # the optimizer and schedule (detrex's values; MMDetection's DINO spelling)
+    ow = cfg.optim_wrapper
+    assert ow.type == "OptimWrapper" and "constructor" not in ow
+    assert ow.optimizer == dict(type="AdamW", lr=1e-4, weight_decay=1e-4) and ow.clip_grad == dict(max_norm=0.1, norm_type=2)
+    assert ow.paramwise_cfg == dict(custom_keys=dict(backbone=dict(lr_mult=0.1)))
+    assert [(s.type, s.by_epoch, s.milestones, s.gamma, s.end) for s in cfg.param_scheduler] == [("MultiStepLR", True, [11], 0.1, 12)]
+    assert cfg.train_cfg.type == "EpochBasedTrainLoop" and cfg.train_cfg.max_epochs == 12
+    assert cfg.train_dataloader.batch_size == per_gpu and cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.train_dataloader.dataset.filter_cfg.filter_empty_gt is False
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t.type for t in pipeline] == ["LoadImageFromFile", "LoadAnnotations", "RandomFlip", "RandomChoice", "PackDetInputs"]
+    one, two = pipeline[3].transforms
+    assert [tuple(s) for s in one[0].scales] == DINO_SCALES and [tuple(s) for s in two[2].scales] == DINO_SCALES
+    assert [tuple(s) for s in two[0].scales] == [(400, 4200), (500, 4200), (600, 4200)] and tuple(two[1].crop_size) == (384, 600)
+    assert cfg.val_evaluator.metric == "bbox"
+
+    with torch.device("meta"):
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    check_in_channels(model, cfg.model)
+    assert type(model).__name__ == "DINO" and model.backbone.channels == dims[1:]
+    assert list(model.backbone.out_features) == ["stage2", "stage3", "stage4"] and model.backbone.strides == [8, 16, 32]
+
+
+def test_a_dino_neck_that_does_not_fit_the_backbone_is_named():
+    """ChannelMapper keeps no ``in_channels``: the check reads them from the model config."""
+    cfg = Config.fromfile(str(CONFIGS / "dino_4scale_convnextv2_atto_12e_coco.py"))
+    cfg.model.neck.in_channels = [40, 80, 160]
+    with torch.device("meta"):
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    with pytest.raises(ValueError, match=re.escape("neck.in_channels=[40, 80, 160] does not match the backbone: MMDetConvNeXt "
+                                                   "(arch='convnextv2_atto', outputs ['stage2', 'stage3', 'stage4']) gives 3 maps "
+                                                   "with channels [80, 160, 320], so set model.neck.in_channels=[80, 160, 320]")):
+        check_in_channels(model, cfg.model)
+
+
+def test_dino_smoke_config_inherits_the_recipe_and_builds_for_real():
+    path = CONFIGS / "smoke" / "dino_4scale_convnextv2_atto_shapes.py"
+    assert re.search(r"^# Smoke config: ", path.read_text()) and re.search(r"^# Published: none", path.read_text(), re.M)
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.type == "DINO" and cfg.model.backbone.arch == "convnextv2_atto" and cfg.model.backbone.init_cfg is None
+    assert tuple(cfg.model.backbone.out_indices) == (1, 2, 3) and cfg.model.neck.in_channels == [80, 160, 320]
+    assert cfg.train_cfg.type == "IterBasedTrainLoop" and cfg.optim_wrapper.type == "OptimWrapper"
+    assert cfg.train_dataloader.dataset.metainfo.classes == ("circle", "square", "triangle")
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    check_in_channels(model, cfg.model)
+    assert model.bbox_head.cls_branches[0].out_features == 3
 
 
 def test_smoke_config_builds_for_real_and_is_small():

@@ -38,9 +38,24 @@ EXPECTED = {
 }
 
 
+# Mask2Former: file stem -> (preset, crop, drop_path, weights under dl.fbaipublicfiles.com/convnext/). The head,
+# optimizer, schedule and data are MMSegmentation's Mask2Former ADE20K recipe (the ResNet/Swin configs); the
+# backbone settings are the official ConvNeXt ADE20K ones (drop path per size, the UperNet configs' weights).
+MASK2FORMER = {
+    "mask2former_convnext_tiny_512x512_160k_ade20k": ("convnext_tiny", 512, 0.4, "convnext_tiny_1k_224.pth"),
+    "mask2former_convnext_small_512x512_160k_ade20k": ("convnext_small", 512, 0.3, "convnext_small_1k_224.pth"),
+    "mask2former_convnext_base_640x640_160k_ade20k": ("convnext_base", 640, 0.4, "convnext_base_22k_224.pth"),
+    "mask2former_convnext_large_640x640_160k_ade20k": ("convnext_large", 640, 0.4, "convnext_large_22k_224.pth"),
+    "mask2former_convnextv2_tiny_512x512_160k_ade20k": ("convnextv2_tiny", 512, 0.4, "convnextv2/im1k/convnextv2_tiny_1k_224_ema.pt"),
+    "mask2former_convnextv2_base_640x640_160k_ade20k": ("convnextv2_base", 640, 0.4, "convnextv2/im22k/convnextv2_base_22k_224_ema.pt"),
+    "mask2former_convnextv2_large_640x640_160k_ade20k": ("convnextv2_large", 640, 0.4, "convnextv2/im22k/convnextv2_large_22k_224_ema.pt"),
+}
+
+
 def test_the_config_folder_holds_exactly_the_expected_files():
     found = {p.stem for p in CONFIGS.glob("upernet_*.py")}
     assert found == set(EXPECTED)
+    assert {p.stem for p in CONFIGS.glob("*.py")} == set(EXPECTED) | set(MASK2FORMER)
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -171,3 +186,105 @@ def test_frozen_clip_config_preflight_stops_imagenet_pixels():
         preflight(cfg)
     cfg.strict_normalisation = False
     preflight(cfg)  # opted out: a warning
+
+
+@pytest.mark.parametrize("stem", sorted(MASK2FORMER))
+def test_mask2former_config_carries_the_recipe_and_builds_on_meta(stem):
+    preset, crop, drop_path, weights = MASK2FORMER[stem]
+    path = CONFIGS / f"{stem}.py"
+    published = [line for line in path.read_text().splitlines() if line.startswith("# Published")]
+    assert len(published) == 1 and "none" in published[0]
+    assert re.search(r"^# Recipe: MMSegmentation's Mask2Former", path.read_text(), re.M)
+
+    cfg = Config.fromfile(str(path))
+    assert cfg.custom_imports.imports == ["mmseg_convnext", "mmdet.models"] and cfg.custom_imports.allow_failed_imports is False
+    assert cfg.runner_type == "ConvNeXtSegRunner"
+    bb = cfg.model.backbone
+    assert bb.type == "MMSegConvNeXt" and bb.arch == preset and bb.drop_path_rate == drop_path and tuple(bb.out_indices) == (0, 1, 2, 3)
+    assert bb.init_cfg == dict(type="Pretrained", checkpoint=f"https://dl.fbaipublicfiles.com/convnext/{weights}")
+    assert set(bb) <= {"type", "arch", "out_indices", "drop_path_rate", "layer_scale_init_value", "init_cfg"}
+    version, size = preset.split("_")
+    depths, dims = PRESETS[version][size]
+
+    # MMSegmentation's Mask2Former head, unchanged
+    head = cfg.model.decode_head
+    assert (head.type, head.in_channels, head.strides, head.num_classes, head.num_queries) == \
+        ("Mask2FormerHead", list(dims), [4, 8, 16, 32], 150, 100)
+    assert (head.feat_channels, head.out_channels, head.num_transformer_feat_level) == (256, 256, 3)
+    assert head.pixel_decoder.type == "mmdet.MSDeformAttnPixelDecoder" and head.pixel_decoder.encoder.num_layers == 6
+    assert head.transformer_decoder.num_layers == 9 and head.train_cfg.num_points == 12544
+    assert (head.loss_cls.loss_weight, head.loss_mask.loss_weight, head.loss_dice.loss_weight) == (2.0, 5.0, 5.0)
+    assert head.loss_cls.class_weight == [1.0] * 150 + [0.1]
+    assert cfg.model.test_cfg == dict(mode="whole") and "auxiliary_head" not in cfg.model
+
+    # the optimizer: AdamW, backbone lr x0.1 (no layer-wise decay), ConvNeXt's no-decay set in the backbone
+    ow = cfg.optim_wrapper
+    assert ow.type == "OptimWrapper" and ow.constructor == "ConvNeXtOptimWrapperConstructor"
+    assert ow.optimizer == dict(type="AdamW", lr=1e-4, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999))
+    assert ow.clip_grad == dict(max_norm=0.01, norm_type=2)
+    no_decay = dict(lr_mult=1.0, decay_mult=0.0)
+    assert ow.paramwise_cfg == dict(custom_keys=dict(backbone=dict(lr_mult=0.1, decay_mult=1.0), query_embed=no_decay,
+                                                     query_feat=no_decay, level_embed=no_decay), norm_decay_mult=0.0)
+    assert [(s.type, s.power, s.eta_min, s.begin, s.end, s.by_epoch) for s in cfg.param_scheduler] == \
+        [("PolyLR", 0.9, 0, 0, 160000, False)]
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
+
+    # the data: large-scale jitter around the crop size, the crop, whole-image test at that shorter side
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t.type for t in pipeline] == ["LoadImageFromFile", "LoadAnnotations", "RandomChoiceResize", "RandomCrop",
+                                          "RandomFlip", "PhotoMetricDistortion", "PackSegInputs"]
+    resize, random_crop = pipeline[2], pipeline[3]
+    assert resize.scales == [int(crop * x * 0.1) for x in range(5, 21)] and resize.max_size == 4 * crop
+    assert resize.resize_type == "ResizeShortestEdge"
+    assert random_crop.crop_size == (crop, crop) and random_crop.cat_max_ratio == 0.75
+    test_resize = cfg.test_dataloader.dataset.pipeline[1]
+    assert test_resize.type == "Resize" and test_resize.scale == (4 * crop, crop)
+    assert cfg.model.data_preprocessor.size == (crop, crop) and cfg.val_evaluator.type == "IoUMetric"
+
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    assert model.backbone.config.depths == list(depths) and model.backbone.channels == list(dims)
+    check_segmentor(model, cfg.model)
+    cfg.model.decode_head.in_channels = list(dims[1:])
+    with pytest.raises(ValueError, match=re.escape(f"decode_head.in_channels={list(dims[1:])} does not match the backbone")):
+        check_segmentor(model, cfg.model)  # Mask2FormerHead keeps no in_channels: read from the config
+
+
+def test_mask2former_optimizer_gives_the_backbone_its_multiplier_and_the_convnext_no_decay_set():
+    """The recipe's paramwise_cfg through ConvNeXtOptimWrapperConstructor, on a real (small) model."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    cfg = Config.fromfile(str(CONFIGS / "smoke" / "mask2former_convnextv2_atto_64x64_synthetic.py"))
+    recipe = Config.fromfile(str(CONFIGS / "mask2former_convnextv2_tiny_512x512_160k_ade20k.py"))
+    model = MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        wrapper = build_optim_wrapper(model, recipe.optim_wrapper)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {names[id(g["params"][0])]: (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups}
+    assert set(got) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, (lr, wd) in got.items():
+        if name.startswith("backbone."):
+            exempt = name.endswith((".bias", ".gamma", ".beta")) or model.get_parameter(name).ndim <= 1
+            assert (lr, wd) == (pytest.approx(1e-5), 0.0 if exempt else 0.05), name
+        elif any(k in name for k in ("query_embed", "query_feat", "level_embed")):
+            assert (lr, wd) == (1e-4, 0.0), name
+    backbone = {n: wd for n, (lr, wd) in got.items() if n.startswith("backbone.")}
+    assert backbone["backbone.stages.0.0.grn.gamma"] == 0.0 and backbone["backbone.downsample_layers.0.1.weight"] == 0.0
+    assert backbone["backbone.norm3.weight"] == 0.0 and backbone["backbone.stages.3.1.pwconv1.weight"] == 0.05
+    # the head's norm layers (norm_decay_mult=0) and its other weights, as mmengine sets them
+    head_norm = [wd for n, (lr, wd) in got.items() if n.startswith("decode_head.") and ".norm" in n]
+    assert head_norm and set(head_norm) == {0.0}
+    assert got["decode_head.cls_embed.weight"] == (1e-4, 0.05)
+
+
+def test_mask2former_smoke_config_inherits_the_recipe_and_shrinks_it():
+    path = CONFIGS / "smoke" / "mask2former_convnextv2_atto_64x64_synthetic.py"
+    assert re.search(r"^# Smoke config: ", path.read_text()) and re.search(r"^# Published: none", path.read_text(), re.M)
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.backbone.arch == "convnextv2_atto" and cfg.model.backbone.init_cfg is None
+    assert cfg.model.decode_head.type == "Mask2FormerHead" and cfg.optim_wrapper.constructor == "ConvNeXtOptimWrapperConstructor"
+    assert cfg.train_dataloader.dataset.type == "ADE20KDataset" and cfg.train_dataloader.dataset.data_root == "data/synthetic_ade"
+    model = MODELS.build(cfg.model)
+    check_segmentor(model, cfg.model)
+    assert sum(p.numel() for p in model.parameters()) < 20_000_000

@@ -5,7 +5,9 @@ registers, in MMDetection's registries:
 
 - ``MODELS``: ``MMDetConvNeXt``, the core ConvNeXt V1/V2 backbone (see ``backbone``);
 - ``OPTIM_WRAPPER_CONSTRUCTORS``: ``ConvNeXtV2LearningRateDecayOptimizerConstructor``
-  (MMDetection's layer-wise lr decay plus V2's no-weight-decay for GRN, see ``optim``);
+  (MMDetection's layer-wise lr decay plus V2's no-weight-decay for GRN) and
+  ``ConvNeXtOptimWrapperConstructor`` (mmengine's default constructor, e.g. a backbone lr
+  multiplier, plus the ConvNeXt backbone's no-weight-decay set), see ``optim``;
 - ``RUNNERS``: ``ConvNeXtDetRunner`` (resume under ``weights_only``, CPU torchrun, config checks).
 
 The code behind them is shared with the MMSegmentation adapter (``openmmlab_convnext``); this
@@ -13,7 +15,7 @@ package only registers it. ``convnext-mmdet-train`` (``mmdet_convnext.train``) t
 with that Runner; the configs are in ``configs/mmdet/``.
 """
 from .backbone import MMDetConvNeXt
-from .optim import ConvNeXtV2LearningRateDecayOptimizerConstructor
+from .optim import ConvNeXtOptimWrapperConstructor, ConvNeXtV2LearningRateDecayOptimizerConstructor
 from .runner import ConvNeXtDetRunner
 
-__all__ = ["ConvNeXtDetRunner", "ConvNeXtV2LearningRateDecayOptimizerConstructor", "MMDetConvNeXt"]
+__all__ = ["ConvNeXtDetRunner", "ConvNeXtOptimWrapperConstructor", "ConvNeXtV2LearningRateDecayOptimizerConstructor", "MMDetConvNeXt"]

@@ -5,17 +5,27 @@
 ConvNeXt no-weight-decay rule on top (``openmmlab_convnext.optim``): GRN ``gamma``/``beta``
 move to the ``no_decay`` group of their layer (same lr). For V1 models it builds exactly the
 same groups as MMDetection's.
+
+``ConvNeXtOptimWrapperConstructor`` is mmengine's ``DefaultOptimWrapperConstructor`` (what the
+query-based recipes use: a backbone lr multiplier through ``paramwise_cfg.custom_keys``) with the
+ConvNeXt no-weight-decay rule on the backbone's parameters (``openmmlab_convnext.optim``).
 """
 from __future__ import annotations
 
 from mmdet.engine.optimizers import LearningRateDecayOptimizerConstructor
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.optim import DefaultOptimWrapperConstructor
 
-from openmmlab_convnext.optim import NoDecayRuleMixin
+from openmmlab_convnext.optim import BackboneNoDecayMixin, NoDecayRuleMixin
 
-__all__ = ["ConvNeXtV2LearningRateDecayOptimizerConstructor"]
+__all__ = ["ConvNeXtOptimWrapperConstructor", "ConvNeXtV2LearningRateDecayOptimizerConstructor"]
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class ConvNeXtV2LearningRateDecayOptimizerConstructor(NoDecayRuleMixin, LearningRateDecayOptimizerConstructor):
     """MMDetection's ``LearningRateDecayOptimizerConstructor``; GRN gamma/beta get no weight decay."""
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class ConvNeXtOptimWrapperConstructor(BackboneNoDecayMixin, DefaultOptimWrapperConstructor):
+    """mmengine's ``DefaultOptimWrapperConstructor``; the ConvNeXt backbone's norms, biases, layer scale and GRN get no weight decay."""

@@ -7,7 +7,8 @@ registers them in its own framework's registries under its own names.
   ``out_indices`` 0..3, ``frozen_stages``, ``with_cp``, ``init_cfg`` Pretrained through the core
   converters with a logged load report);
 - ``optim``: ``NoDecayRuleMixin``, the ConvNeXt no-weight-decay rule (V2's GRN) on top of a
-  framework's ``LearningRateDecayOptimizerConstructor``;
+  framework's ``LearningRateDecayOptimizerConstructor``; ``BackboneNoDecayMixin``, the same rule
+  on the backbone's parameters on top of mmengine's ``DefaultOptimWrapperConstructor``;
 - ``runner``: ``ConvNeXtRunnerMixin`` (weights-only-safe resume with a clear error for a
   truncated checkpoint, atomic saves, CPU torchrun with gloo, SyncBN -> BN on CPU, neck/head
   ``in_channels`` checks, the weights' pixel normalisation against the data preprocessor's) and
@@ -15,7 +16,7 @@ registers them in its own framework's registries under its own names.
 - ``train``: the train command's parser, config loading, preflight and main.
 """
 from .backbone import OpenMMLabConvNeXt, backbone_config, out_features_from_indices
-from .optim import NoDecayRuleMixin, apply_no_decay_rule
+from .optim import BackboneNoDecayMixin, NoDecayRuleMixin, apply_no_decay_rule
 from .runner import (
     MMENGINE_CHECKPOINT_GLOBALS,
     ConvNeXtRunnerMixin,
@@ -27,6 +28,7 @@ from .runner import (
 )
 
 __all__ = [
+    "BackboneNoDecayMixin",
     "ConvNeXtRunnerMixin",
     "MMENGINE_CHECKPOINT_GLOBALS",
     "NoDecayRuleMixin",

@@ -48,8 +48,9 @@ Other things the mixin adds, each small:
       wraps the model in DDP without ``device_ids`` (mmengine assumes one GPU per rank), and turns
       SyncBN, which has no CPU kernel, into BN with a warning;
     * after the model is built, the ``in_channels`` of what follows the backbone (a neck, or a
-      segmentor's heads) are checked against the backbone's channels, so a mismatch stops
-      before training with a message saying what to set (``check_in_channels``).
+      segmentor's heads; read from the model config where a module does not keep them) are
+      checked against the backbone's channels, so a mismatch stops before training with a
+      message saying what to set (``check_in_channels``).
 
 Each adapter mixes it into mmengine's ``Runner`` and registers the result in its framework's
 ``RUNNERS`` (``ConvNeXtSegRunner``, ``ConvNeXtDetRunner``); configs that set ``runner_type``
@@ -199,14 +200,30 @@ def resume_problem(filename: str) -> str | None:
 
 
 # ---- the model after the backbone must take the backbone's channels -------------------------------
-def _head_list(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    heads = [("decode_head", getattr(model, "decode_head", None))]
+def _head_list(model: torch.nn.Module, model_cfg: Any) -> list[tuple[str, torch.nn.Module, Any]]:
+    """``(name, head, its config or None)`` for a segmentor's decode and auxiliary heads."""
+    aux_cfg = _part(model_cfg, "auxiliary_head")
+    heads = [("decode_head", getattr(model, "decode_head", None), _part(model_cfg, "decode_head"))]
     aux = getattr(model, "auxiliary_head", None)
     if isinstance(aux, torch.nn.ModuleList):
-        heads += [(f"auxiliary_head[{i}]", h) for i, h in enumerate(aux)]
+        cfgs = list(aux_cfg) if isinstance(aux_cfg, (list, tuple)) and len(aux_cfg) == len(aux) else [None] * len(aux)
+        heads += [(f"auxiliary_head[{i}]", h, c) for i, (h, c) in enumerate(zip(aux, cfgs))]
     else:
-        heads.append(("auxiliary_head", aux))
-    return [(n, h) for n, h in heads if h is not None]
+        heads.append(("auxiliary_head", aux, aux_cfg))
+    return [(n, h, c) for n, h, c in heads if h is not None]
+
+
+def _part(model_cfg: Any, key: str) -> Any:
+    return model_cfg.get(key) if isinstance(model_cfg, dict) else None
+
+
+def _declared_in_channels(module: torch.nn.Module, cfg: Any) -> Any:
+    """What a neck or head was told to take: its ``in_channels`` attribute, or (for modules that do
+    not keep it, e.g. MMDetection's ``ChannelMapper`` or the Mask2Former heads) its config's."""
+    found = getattr(module, "in_channels", None)
+    if found is None and isinstance(cfg, dict):
+        found = cfg.get("in_channels")
+    return found
 
 
 def _describe(backbone: torch.nn.Module) -> str:
@@ -214,12 +231,14 @@ def _describe(backbone: torch.nn.Module) -> str:
     return f"{type(backbone).__name__} (arch={arch!r}, outputs {list(backbone.out_features)})"
 
 
-def check_in_channels(model: torch.nn.Module) -> None:
+def check_in_channels(model: torch.nn.Module, model_cfg: dict | None = None) -> None:
     """``ValueError`` if what follows the ConvNeXt backbone expects other channels than it gives.
 
-    A neck (MMDetection's FPN, MMSegmentation's necks) must take the backbone's channels, in
-    order; without a neck, a segmentor's decode/auxiliary heads must take the channels at their
-    ``in_index``. Models with another backbone are not checked.
+    A neck (MMDetection's FPN or ChannelMapper, MMSegmentation's necks) must take the backbone's
+    channels, in order; without a neck, a segmentor's decode/auxiliary heads must take the
+    channels at their ``in_index`` (all the maps, in order, for a head without one: Mask2Former).
+    ``model_cfg`` (the config the model was built from) supplies ``in_channels`` for the modules
+    that do not keep it as an attribute. Models with another backbone are not checked.
     """
     backbone = getattr(model, "backbone", None)
     channels = getattr(backbone, "channels", None)
@@ -227,19 +246,28 @@ def check_in_channels(model: torch.nn.Module) -> None:
         return
     channels = list(channels)
     neck = getattr(model, "neck", None)
+    neck_cfg = _part(model_cfg, "neck")
     if isinstance(neck, torch.nn.Sequential) and len(neck):
-        neck = neck[0]
+        neck, neck_cfg = neck[0], (neck_cfg[0] if isinstance(neck_cfg, (list, tuple)) and neck_cfg else None)
     if neck is not None:
-        want = getattr(neck, "in_channels", None)
+        want = _declared_in_channels(neck, neck_cfg)
         if isinstance(want, (list, tuple)) and list(want) != channels:
             raise ValueError(
                 f"neck.in_channels={list(want)} does not match the backbone: {_describe(backbone)} gives "
                 f"{len(channels)} maps with channels {channels}, so set model.neck.in_channels={channels}"
             )
         return  # heads read the neck's outputs
-    for name, head in _head_list(model):
-        in_index, in_channels = getattr(head, "in_index", None), getattr(head, "in_channels", None)
-        if in_index is None or in_channels is None:
+    for name, head, head_cfg in _head_list(model, model_cfg):
+        in_channels = _declared_in_channels(head, head_cfg)
+        if in_channels is None:
+            continue
+        in_index = getattr(head, "in_index", None)
+        if in_index is None:  # a head that takes every map (Mask2Former)
+            if isinstance(in_channels, (list, tuple)) and list(in_channels) != channels:
+                raise ValueError(
+                    f"{name}.in_channels={list(in_channels)} does not match the backbone: {_describe(backbone)} gives "
+                    f"{len(channels)} maps with channels {channels}, so set model.{name}.in_channels={channels}"
+                )
             continue
         idx = list(in_index) if isinstance(in_index, (list, tuple)) else [in_index]
         want = list(in_channels) if isinstance(in_channels, (list, tuple)) else [in_channels]
@@ -380,7 +408,7 @@ class ConvNeXtRunnerMixin:
 
     def build_model(self, model: Any) -> torch.nn.Module:
         built = super().build_model(model)  # type: ignore[misc]
-        check_in_channels(built)
+        check_in_channels(built, model if isinstance(model, dict) else None)
         return built
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:

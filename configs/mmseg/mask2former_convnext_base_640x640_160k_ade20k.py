@@ -1,0 +1,12 @@
+# Mask2Former + ConvNeXt-B on ADE20K, 640x640 crops, 160k iterations.
+# Published: none found (no Mask2Former result on ADE20K has been published for ConvNeXt-B).
+# Recipe: MMSegmentation's Mask2Former ADE20K recipe (the Swin-B/L 640x640 configs) with the ConvNeXt backbone; see _base_/mask2former_convnext_ade20k_640x640_160k.py.
+_base_ = ['./_base_/mask2former_convnext_ade20k_640x640_160k.py']
+model = dict(
+    backbone=dict(
+        arch='convnext_base',
+        drop_path_rate=0.4,  # the official ConvNeXt ADE20K value for this size
+        layer_scale_init_value=1.0,  # as the official configs; the checkpoint overwrites it
+        # ImageNet-22K weights, official release; any format the core converts works (path, URL, HF hub id).
+        init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_224.pth')),
+    decode_head=dict(in_channels=[128, 256, 512, 1024]))

@@ -1,0 +1,11 @@
+# Mask2Former + ConvNeXt V2-L on ADE20K, 640x640 crops, 160k iterations.
+# Published: none found (no Mask2Former result on ADE20K has been published for ConvNeXt V2-L).
+# Recipe: MMSegmentation's Mask2Former ADE20K recipe (the Swin-B/L 640x640 configs) with the ConvNeXt backbone; see _base_/mask2former_convnext_ade20k_640x640_160k.py.
+_base_ = ['./_base_/mask2former_convnext_ade20k_640x640_160k.py']
+model = dict(
+    backbone=dict(
+        arch='convnextv2_large',
+        drop_path_rate=0.4,  # the official V1 ADE20K value at this depth
+        # ImageNet-22K weights, official release; any format the core converts works (path, URL, HF hub id).
+        init_cfg=dict(type='Pretrained', checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im22k/convnextv2_large_22k_224_ema.pt')),
+    decode_head=dict(in_channels=[192, 384, 768, 1536]))
