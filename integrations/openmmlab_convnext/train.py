@@ -150,25 +150,18 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
     if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
-<<<<<<< HEAD
-    # the config's scope for this build only: a library call leaves mmengine's global scope alone
-    scope = cfg.get("default_scope", default_scope)
-    with DefaultScope.overwrite_default_scope(scope), torch.device("meta"), config_arguments(cfg):
-        model = models.build(cfg.model)
-    check_in_channels(model)
-    family = getattr(getattr(getattr(model, "backbone", None), "config", None), "weights_family", None)
-    if family and cfg.model.get("data_preprocessor"):  # named in the config: checked now (a file's family, once loaded)
-        with DefaultScope.overwrite_default_scope(scope), config_arguments(cfg):
-            preprocessor = models.build(cfg.model.data_preprocessor)  # for real: a meta model's mean has no values
-        check_normalisation(model, strict=cfg.get(STRICT_NORMALISATION_KEY, True), data_preprocessor=preprocessor)
-=======
     # the config's scope for this build only: a library call leaves mmengine's global scope alone.
     # A copy: some models write into the config they are built from (MMDetection's DETR family
     # adds keys to its bbox_head dict, and refuses them when the Runner builds it a second time).
-    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"), config_arguments(cfg):
+    scope = cfg.get("default_scope", default_scope)
+    with DefaultScope.overwrite_default_scope(scope), torch.device("meta"), config_arguments(cfg):
         model = models.build(copy.deepcopy(cfg.model))
     check_in_channels(model, cfg.model)
->>>>>>> issue-23
+    family = getattr(getattr(getattr(model, "backbone", None), "config", None), "weights_family", None)
+    if family and cfg.model.get("data_preprocessor"):  # named in the config: checked now (a file's family, once loaded)
+        with DefaultScope.overwrite_default_scope(scope), config_arguments(cfg):
+            preprocessor = models.build(copy.deepcopy(cfg.model.data_preprocessor))  # for real: a meta model's mean has no values
+        check_normalisation(model, strict=cfg.get(STRICT_NORMALISATION_KEY, True), data_preprocessor=preprocessor)
 
 
 def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models: Any, runners: Any,
