@@ -524,3 +524,40 @@ def test_bf16_stock_blocks_in_the_rule():
     assert not accelerates(block, x.float())  # input and parameters of one dtype
     assert not accelerates(Block(40).to(torch.float16), x.half())
     assert math.isfinite(block(x).float().sum().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16], ids=["fp32", "bf16"])
+def test_openmp_and_python_threads_compute_the_same(dtype, monkeypatch):
+    """Where torch runs on GNU OpenMP the kernel runs on torch's threads; the Python thread pool
+    (elsewhere, and in a forked child) computes the same: bit for bit, reductions to float32 order."""
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info() and os.path.exists("/proc/self/maps"):
+        assert native.threading_mode() == "OpenMP (torch's threads)"
+    conv, norm, x, gy = _conv_inputs(2, 48, 13, 17, seed=12)
+    conv, norm, x, gy = conv.to(dtype), norm.to(dtype), x.to(dtype), gy.to(dtype)
+    h = torch.randn(301, 96, generator=torch.Generator().manual_seed(13)).to(dtype)
+    bias = torch.randn(96, generator=torch.Generator().manual_seed(14)).to(dtype)
+    n, c, hh, ww = x.shape
+
+    def run():
+        with torch.no_grad():
+            y = native.depthwise7_norm_rows(x, conv, norm, torch.empty(n * hh * ww, c, dtype=dtype), 0, n * hh)
+            gw = native._grad_weight(x, gy)
+            hx = h.clone()
+            s = native.bias_gelu_(hx, bias, "none", sumsq=True)
+            hy = h.clone()
+            native.bias_gelu_(hy, bias, "tanh")
+            return y, hx, hy, gw, s, native.sum_of_squares(h.view(1, 301, 96))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        openmp = run()
+        monkeypatch.setattr(native, "_openmp_pid", None)
+        assert native.threading_mode() == "Python threads"
+        python = run()
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(openmp[:3], python[:3]):
+        assert torch.equal(a, b)
+    for a, b in zip(openmp[3:], python[3:]):
+        assert ((a.double() - b.double()).abs() <= 1e-5 * b.double().abs().max()).all()

@@ -12,7 +12,10 @@ where the reference rounds it). It is compiled once per machine with the system 
 (~0.3 s) for the host's instruction set (``-march=native``: AVX-512, AVX512-BF16 where the
 CPU has them), or, where that build fails, for the compiler's generic target (the portable
 kernel); ``kernel_isa()`` says which. The library goes into the user cache and is loaded with
-ctypes; the threads that run it are Python threads, since ctypes releases the GIL. Without a
+ctypes. Its work is split over torch's own OpenMP threads where torch runs on GNU OpenMP (the
+loader hands the kernel torch's ``GOMP_parallel``: Python threads beside OpenMP's spin-waiting
+workers would share the cores with them, and ran ~3x slower right after a GEMM), otherwise over
+Python threads (ctypes releases the GIL); ``threading_mode()`` says which. Without a
 compiler, or with ``CONVNEXT_BACKBONE_NATIVE=0``, everything falls back to
 ``torch.nn.functional.conv2d`` with one warning (``CONVNEXT_BACKBONE_NATIVE=portable`` builds
 the portable kernel only). Nothing is compiled at import: the first accelerated call builds
@@ -37,8 +40,8 @@ from torch import nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-__all__ = ["DTYPES", "cpu_bf16", "depthwise7", "depthwise7_norm_rows", "differentiable_grads", "kernel_isa", "native_status",
-           "sum_of_squares", "usable"]
+__all__ = ["DTYPES", "bias_gelu_", "cpu_bf16", "depthwise7", "depthwise7_norm_rows", "differentiable_grads", "kernel_isa",
+           "native_status", "sum_of_squares", "threading_mode", "usable", "usable_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,15 @@ def _load() -> ctypes.CDLL | None:
                                    ("bias_gelu_rows", [ptr, ptr, ptr] + [i64] * 4)):
                     fn = getattr(lib, name + suffix)
                     fn.argtypes, fn.restype = args, None
+                for name, args in (("dwconv7_forward_par", [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 8),
+                                   ("dwconv7_grad_weight_par", [ptr, ptr, ptr] + [i64] * 8),
+                                   ("sum_of_squares_rows_par", [ptr, ptr] + [i64] * 6),
+                                   ("bias_gelu_rows_par", [ptr, ptr, ptr] + [i64] * 6)):
+                    fn = getattr(lib, name + suffix)
+                    fn.argtypes, fn.restype = args, None
             lib.round_to_bf16.argtypes, lib.round_to_bf16.restype = [ptr, ptr, i64], None
+            lib.set_openmp.argtypes, lib.set_openmp.restype = [ptr, ptr, ptr], None
+            _use_torchs_openmp(lib)
             lib.kernel_isa.argtypes, lib.kernel_isa.restype = [], ctypes.c_char_p
             _kernel = f"{lib.kernel_isa().decode()} ({flavour})"
             _lib, _status = lib, "ok"
@@ -156,6 +167,70 @@ def _load() -> ctypes.CDLL | None:
             _status = f"unavailable ({type(exc).__name__}: {exc})"
             log.warning("convnext_backbone: native depthwise kernel %s; using torch conv2d (slower CPU training)", _status)
     return _lib
+
+
+_openmp_pid: int | None = None  # the process whose OpenMP runtime the kernel was handed (None: none)
+
+
+def _torchs_openmp() -> str | None:
+    """The path of the GNU OpenMP runtime torch's CPU ops run on, if that is what they run on."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = {line.split()[-1] for line in f if "libgomp" in line}
+    except OSError:
+        return None
+    mine = sorted(p for p in loaded if os.path.basename(p).startswith("libgomp") and os.path.dirname(p) == torch_lib)
+    return mine[0] if mine else (sorted(loaded)[0] if len(loaded) == 1 else None)
+
+
+def _use_torchs_openmp(lib: ctypes.CDLL) -> None:
+    """Hand the kernel torch's OpenMP entry points: its threads are torch's, already running (Python
+    threads beside them would compete for the cores with OpenMP's spin-waiting workers)."""
+    global _openmp_pid
+    path = _torchs_openmp()
+    if path is None:
+        return
+    try:
+        gomp = ctypes.CDLL(path)  # the loaded library itself, not a second copy
+        lib.set_openmp(*(ctypes.cast(getattr(gomp, name), ctypes.c_void_p)
+                         for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")))
+        _openmp_pid = os.getpid()
+    except (OSError, AttributeError) as exc:
+        log.debug("convnext_backbone: no OpenMP entry points in %s (%s); Python threads", path, exc)
+
+
+def threading_mode() -> str:
+    """How the kernel splits work over threads: torch's OpenMP threads, or a Python thread pool."""
+    _load()
+    return "OpenMP (torch's threads)" if _openmp() else "Python threads"
+
+
+def _openmp() -> bool:
+    # libgomp's thread pool does not survive fork (torch's own ops hang in such a child): a forked
+    # child uses the Python thread pool, which is rebuilt after fork
+    return _openmp_pid is not None and _openmp_pid == os.getpid()
+
+
+def _rows(name: str, x: torch.Tensor, args: tuple, r0: int, r1: int, extra: tuple = ()) -> None:
+    """``name(*args, a, b, *extra)`` on ranges [a, b) covering the rows [r0, r1), over threads."""
+    parts = _parts(r1 - r0)
+    if _openmp():
+        getattr(_require(), f"{name}_par{DTYPES[x.dtype]}")(*args, r0, r1, *extra, parts)
+    else:
+        _run_rows(_fn(name, x), r1 - r0, lambda k: args, parts, offset=r0, extra=extra)
+
+
+def _summed(name: str, x: torch.Tensor, rows: int, acc_shape: tuple[int, ...], args_for) -> torch.Tensor:
+    """A reduction over rows: ``name(*args_for(acc), a, b)``, one float32 accumulator per thread, summed after."""
+    if not _openmp():
+        return _summed_rows(_fn(name, x), rows, acc_shape, args_for)
+    parts = _parts(rows)
+    acc = torch.zeros(parts, *acc_shape)
+    getattr(_require(), f"{name}_par{DTYPES[x.dtype]}")(*args_for(acc.data_ptr()), 0, rows, acc[0].numel(), parts)
+    return acc.sum(0)
 
 
 def _require() -> ctypes.CDLL:
@@ -271,7 +346,7 @@ def _call_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         ln = (ln_w.data_ptr(), ln_b.data_ptr(), norm.eps)
     ptrs = (x.data_ptr(), wt.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), *ln, n, h, w, c)
     with record_function("convnext::dwconv7" + ("_layernorm" if norm is not None else "")):  # visible in torch.profiler
-        _run_rows(_fn("dwconv7_forward", x), r1 - r0, lambda k: ptrs, offset=r0, extra=(r0,))
+        _rows("dwconv7_forward", x, ptrs, r0, r1, extra=(r0,))
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -286,7 +361,7 @@ def _fn(name: str, x: torch.Tensor):
 def _grad_weight(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     with record_function("convnext::dwconv7_grad_weight"):
-        acc = _summed_rows(_fn("dwconv7_grad_weight", x), n * h, (49, c), lambda p: (x.data_ptr(), g.data_ptr(), p, n, h, w, c))
+        acc = _summed("dwconv7_grad_weight", x, n * h, (49, c), lambda p: (x.data_ptr(), g.data_ptr(), p, n, h, w, c))
     return acc.t().reshape(c, 1, 7, 7).to(x.dtype)
 
 
@@ -298,7 +373,7 @@ def sum_of_squares(x: torch.Tensor) -> torch.Tensor | None:
     if x.dtype not in DTYPES or c % 8 or c > 4096 or not x.is_contiguous() or _load() is None:
         return None
     with record_function("convnext::sum_of_squares"):
-        return _summed_rows(_fn("sum_of_squares_rows", x), n * length, (n, c), lambda p: (x.data_ptr(), p, length, c))
+        return _summed("sum_of_squares_rows", x, n * length, (n, c), lambda p: (x.data_ptr(), p, length, c))
 
 
 GELU_APPROXIMATIONS = {"none": 0, "tanh": 1}
@@ -311,12 +386,15 @@ def bias_gelu_(h: torch.Tensor, bias: torch.Tensor, approximate: str, sumsq: boo
     results squared (GRN's statistic, same pass). Only where ``usable_rows(h)``."""
     rows, c = h.shape
     b = _f32(bias.detach())
-    fn = _fn("bias_gelu_rows", h)
     args = (h.data_ptr(), b.data_ptr())
+    mode = GELU_APPROXIMATIONS[approximate]
     with record_function("convnext::bias_gelu" + ("_sumsq" if sumsq else "")):
         if sumsq:
-            return _summed_rows(fn, rows, (c,), lambda p: (*args, p, c, GELU_APPROXIMATIONS[approximate]))
-        _run_rows(fn, rows, lambda k: (*args, None, c, GELU_APPROXIMATIONS[approximate]))
+            return _summed("bias_gelu_rows", h, rows, (c,), lambda p: (*args, p, c, mode))
+        if _openmp():
+            getattr(_require(), f"bias_gelu_rows_par{DTYPES[h.dtype]}")(*args, None, c, mode, 0, rows, 0, _parts(rows))
+        else:
+            _run_rows(_fn("bias_gelu_rows", h), rows, lambda k: (*args, None, c, mode))
     return None
 
 

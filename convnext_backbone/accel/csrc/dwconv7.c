@@ -438,3 +438,93 @@ static inline vf16 gelu_16(vf16 v, int approximate) {
 
 DEFINE_BIAS_GELU(float, f32, )
 DEFINE_BIAS_GELU(bf16, bf16, _bf16)
+
+/* ---------------------------------------------------------------------------------------------
+ * Threads: each *_par function runs its serial function on `parts` ranges of the rows [r0, r1),
+ * in the host process's OpenMP runtime (torch's libgomp, whose GOMP_parallel and thread queries
+ * the loader hands over with set_openmp; the library itself links no OpenMP). Its threads are the
+ * ones torch's own ops just used, still spinning: work handed to other threads would compete
+ * with them for the cores. Without a runtime (or with parts == 1) the ranges run here, in turn.
+ * A reduction gives thread k the accumulator acc + k * acc_stride.
+ * ------------------------------------------------------------------------------------------- */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static gomp_parallel_fn gomp_parallel;
+static int (*omp_thread_num)(void);
+static int (*omp_num_threads)(void);
+
+void set_openmp(void *parallel, void *thread_num, void *num_threads) {
+    gomp_parallel = (gomp_parallel_fn)parallel;
+    omp_thread_num = (int (*)(void))thread_num;
+    omp_num_threads = (int (*)(void))num_threads;
+}
+
+struct task {
+    void (*body)(const struct task *t, long r0, long r1, long k);
+    const void *p[5];
+    long l[6];
+    float f;
+    float *acc;
+    long acc_stride, r0, r1, parts;
+};
+
+static void task_range(const struct task *t, long k, long n) {
+    long r0 = t->r0 + (t->r1 - t->r0) * k / n, r1 = t->r0 + (t->r1 - t->r0) * (k + 1) / n;
+    if (r1 > r0) t->body(t, r0, r1, k);
+}
+
+static void task_worker(void *arg) { task_range((const struct task *)arg, omp_thread_num(), omp_num_threads()); }
+
+static void run_task(struct task *t) {
+    if (t->parts > 1 && gomp_parallel && t->r1 - t->r0 > 1)
+        gomp_parallel(task_worker, t, (unsigned)t->parts, 0);
+    else
+        for (long k = 0; k < t->parts; ++k) task_range(t, k, t->parts);
+}
+
+#define DEFINE_PARALLEL(T, SUFFIX)                                                                 \
+    static void forward_body##SUFFIX(const struct task *t, long r0, long r1, long k) {             \
+        (void)k;                                                                                   \
+        dwconv7_forward##SUFFIX((const T *)t->p[0], (const float *)t->p[1], (const float *)t->p[2], \
+                                (T *)t->acc, (const float *)t->p[3], (const float *)t->p[4], t->f,  \
+                                t->l[0], t->l[1], t->l[2], t->l[3], r0, r1, t->l[4]);              \
+    }                                                                                              \
+    void dwconv7_forward_par##SUFFIX(const T *x, const float *wt, const float *bias, T *y,          \
+                                     const float *ln_w, const float *ln_b, float eps, long N,      \
+                                     long H, long W, long C, long r0, long r1, long y_row0,        \
+                                     long parts) {                                                 \
+        struct task t = {forward_body##SUFFIX, {x, wt, bias, ln_w, ln_b}, {N, H, W, C, y_row0, 0},  \
+                         eps, (float *)y, 0, r0, r1, parts};                                       \
+        run_task(&t);                                                                              \
+    }                                                                                              \
+    static void grad_weight_body##SUFFIX(const struct task *t, long r0, long r1, long k) {         \
+        dwconv7_grad_weight##SUFFIX((const T *)t->p[0], (const T *)t->p[1], t->acc + k * t->acc_stride, \
+                                    t->l[0], t->l[1], t->l[2], t->l[3], r0, r1);                   \
+    }                                                                                              \
+    void dwconv7_grad_weight_par##SUFFIX(const T *x, const T *g, float *acc, long N, long H, long W, \
+                                         long C, long r0, long r1, long acc_stride, long parts) {  \
+        struct task t = {grad_weight_body##SUFFIX, {x, g, 0, 0, 0}, {N, H, W, C, 0, 0}, 0.f, acc,     \
+                         acc_stride, r0, r1, parts};                                               \
+        run_task(&t);                                                                              \
+    }                                                                                              \
+    static void sum_of_squares_body##SUFFIX(const struct task *t, long r0, long r1, long k) {      \
+        sum_of_squares_rows##SUFFIX((const T *)t->p[0], t->acc + k * t->acc_stride, t->l[0], t->l[1], r0, r1); \
+    }                                                                                              \
+    void sum_of_squares_rows_par##SUFFIX(const T *a, float *acc, long L, long C, long r0, long r1,  \
+                                         long acc_stride, long parts) {                            \
+        struct task t = {sum_of_squares_body##SUFFIX, {a, 0, 0, 0, 0}, {L, C, 0, 0, 0, 0}, 0.f, acc,  \
+                         acc_stride, r0, r1, parts};                                               \
+        run_task(&t);                                                                              \
+    }                                                                                              \
+    static void bias_gelu_body##SUFFIX(const struct task *t, long r0, long r1, long k) {           \
+        bias_gelu_rows##SUFFIX((T *)t->p[0], (const float *)t->p[1], t->acc ? t->acc + k * t->acc_stride : 0, \
+                               t->l[0], t->l[1], r0, r1);                                          \
+    }                                                                                              \
+    void bias_gelu_rows_par##SUFFIX(T *h, const float *bias, float *acc, long C, long approximate,  \
+                                    long r0, long r1, long acc_stride, long parts) {               \
+        struct task t = {bias_gelu_body##SUFFIX, {h, bias, 0, 0, 0}, {C, approximate, 0, 0, 0, 0}, 0.f, \
+                         acc, acc_stride, r0, r1, parts};                                          \
+        run_task(&t);                                                                              \
+    }
+
+DEFINE_PARALLEL(float, )
+DEFINE_PARALLEL(bf16, _bf16)
