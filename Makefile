@@ -1,7 +1,7 @@
 # Entry points named in the README. Everything runs in .venv (created by `make setup`).
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-core lint bench clean
 
 setup:  ## create .venv with the full stack (idempotent; seconds when already set up)
 	bash scripts/setup.sh
@@ -11,6 +11,12 @@ demo:  ## the README's main job: generated COCO data -> ConvNeXt V2 Mask R-CNN o
 
 test:  ## the test suite
 	$(PY) -m pytest -q tests
+
+test-core:  ## the core tier only (no framework stacks needed): backbone, converters, accelerator, export
+	$(PY) -m pytest -q -m core tests
+
+lint:  ## ruff (configured in pyproject.toml)
+	$(PY) -m ruff check .
 
 bench:  ## backbone speed/memory: ours vs timm vs HF
 	$(PY) -m benchmarks.backbone

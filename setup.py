@@ -1,6 +1,6 @@
-"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2, MMSegmentation and MMDetection.
+"""convnext-backbone: ConvNeXt V1/V2 multi-scale backbone for Detectron2, MMSegmentation, MMDetection and transformers.
 
-Six import packages ship in one distribution:
+Six import packages ship in one distribution (their list: convnext_backbone/adapters.py):
   convnext_backbone       the core (imports torch only)
   detectron2_convnext     the Detectron2 adapter, source in integrations/detectron2_convnext
   openmmlab_convnext      what the OpenMMLab adapters share (mmengine only), integrations/openmmlab_convnext
@@ -8,9 +8,22 @@ Six import packages ship in one distribution:
   mmdet_convnext          the MMDetection adapter, source in integrations/mmdet_convnext
   transformers_convnext   the transformers adapter (AutoConfig/AutoBackbone), source in integrations/transformers_convnext
 """
+import ast
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-INTEGRATIONS = ("detectron2_convnext", "openmmlab_convnext", "mmseg_convnext", "mmdet_convnext", "transformers_convnext")
+
+def _adapters() -> tuple[str, ...]:
+    """``ADAPTERS`` of convnext_backbone/adapters.py (the one list), read as text: not installed yet."""
+    source = (Path(__file__).resolve().parent / "convnext_backbone" / "adapters.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["ADAPTERS"]:
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("convnext_backbone/adapters.py assigns no ADAPTERS tuple")
+
+
+INTEGRATIONS = _adapters()
 
 core_packages = find_packages(include=["convnext_backbone", "convnext_backbone.*"])
 integration_packages = find_packages(
@@ -24,15 +37,15 @@ EXTRAS = {
     "mmdet": ["mmcv==2.1.0", "mmengine==0.10.7", "mmdet==3.3.0"],
     "export": ["onnx", "onnxruntime", "matplotlib"],
     "transformers": ["transformers>=5,<6", "scipy"],  # scipy: Mask2Former's and DETR's Hungarian matching
-    "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft"],
+    "test": ["pytest", "transformers>=5,<6", "timm>=1.0", "peft", "ruff"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setup(
     name="convnext-backbone",
     version="0.1.0",
-    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation and MMDetection adapters",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="ConvNeXt V1/V2 multi-scale backbone with Detectron2, MMSegmentation, MMDetection and transformers adapters",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=core_packages + integration_packages,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help=f"timed runs per implementation (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed runs first, the last one measures peak memory (default {DEFAULTS['warmup']})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="bfloat16/float16: see --precision")
     p.add_argument("--precision", default="autocast", choices=["autocast", "pure"],
                    help="how a half --dtype runs: under torch.autocast (weights fp32, as in training; default) or the "
@@ -220,12 +219,19 @@ def profile_ours(ours: Impl, x: torch.Tensor, mode: str, title: str, args: argpa
     return f"profile of ours, {title} (top 15 by {key}):\n" + prof.key_averages().table(sort_by=key, row_limit=15)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
 def _meta(args: argparse.Namespace, memory: PeakMemory) -> dict[str, Any]:
     import timm
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = _cpu_name()
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.backbone"] + sys.argv[1:]),
@@ -286,62 +292,104 @@ def total_runs(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args = resolve_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    args = _parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     memory = PeakMemory(args.device)
     results: dict[str, Any] = {"meta": _meta(args, memory), "checks": [], "results": [], "frameworks": []}
-    print(f"torch {torch.__version__}, {results['meta']['device_name']}, {torch.get_num_threads()} threads, {args.dtype}{' (' + args.precision + ')' if args.dtype != 'float32' else ''}"
+    _print_setup(args, results["meta"])
+    profiles: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp, \
+            tqdm(total=total_runs(args), desc="benchmark", unit="run", file=sys.stderr) as progress:
+        for name in args.models:
+            bench_model(name, Path(tmp), args, memory, progress, results, profiles)
+        for key in args.frameworks:
+            results["frameworks"].append(frameworks.run(key, args, memory, progress))
+    _print_report(results, profiles, args)
+    return 0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, resolved; a usage error (exit 2) for a bad value."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return resolve_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def _print_setup(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """One line naming what is measured how, then a warning if the machine is already busy."""
+    precision = f" ({args.precision})" if args.dtype != "float32" else ""
+    print(f"torch {torch.__version__}, {meta['device_name']}, {torch.get_num_threads()} threads, {args.dtype}{precision}"
           f"{', channels_last' if args.channels_last else ''}{', compiled ours' if args.compile else ''}; "
           f"warmup {args.warmup}, repeats {args.repeats}", flush=True)
     busy = warn_if_busy(args)
     if busy:
         print(busy, flush=True)
-    profiles: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp, \
-            tqdm(total=total_runs(args), desc="benchmark", unit="run", file=sys.stderr) as progress:
-        for name in args.models:
-            label = model_label(name)
-            impls, pairs = build_impls(name, Path(tmp), seed=args.seed)
-            for impl in impls + [pairs[0][1]]:
-                _to_device(impl, args)
-            if args.compile:
-                impls[0] = _compile_ours(impls[0])
-                pairs[1] = (pairs[1][0], impls[0], pairs[1][2])
-            results["checks"] += run_checks(pairs, label, args)
-            del pairs
-            if _pure(args):
-                for impl in impls:
-                    impl.model.to(DTYPES[args.dtype])
-            for shape in args.shapes:
-                x = _make_input(shape, args, args.seed)
-                flops = forward_flops(impls[0].model, shape)
-                for mode in args.modes:
-                    group = list(impls)
-                    if mode == "train" and shape in args.ckpt_shapes:
-                        group.append(checkpointed_copy(impls[0]))
-                        _to_device(group[-1], args)
-                    progress.set_description(f"{label} {mode} {shape_str(shape)}")
-                    out = run_group(group, x, mode, args, memory, progress)
-                    for impl in group:
-                        row = {"model": name, "label": label, "shape": shape_str(shape), "mode": mode, "impl": impl.name,
-                               "is_peer": impl.is_peer, **out[impl.name]}
-                        if impl.name == "ours" and mode == "infer" and flops:
-                            row["forward_gflop"] = flops / 1e9
-                        results["results"].append(row)
-                    progress.write(report.group_line(label, shape_str(shape), mode, out))
-                    if args.profile:
-                        profiles.append(profile_ours(impls[0], x, mode, f"{label} {mode} {shape_str(shape)}", args))
-                        progress.write(profiles[-1])
-                del x
-            del impls
-        for key in args.frameworks:
-            results["frameworks"].append(frameworks.run(key, args, memory, progress))
+
+
+def bench_model(name: str, workdir: Path, args: argparse.Namespace, memory: PeakMemory, progress,
+                results: dict[str, Any], profiles: list[str]) -> None:
+    """One model: its implementations checked against each other, then every shape and mode timed."""
+    label = model_label(name)
+    impls = _checked_impls(name, label, workdir, args, results)
+    for shape in args.shapes:
+        _bench_shape(impls, name, label, shape, args, memory, progress, results, profiles)
+
+
+def _checked_impls(name: str, label: str, workdir: Path, args: argparse.Namespace, results: dict[str, Any]) -> list[Impl]:
+    """Ours and the peers on the device (ours compiled if asked), after each pair computed the same
+    features in fp32; then cast to the --dtype if it runs pure. The reference used only by the
+    checks is released on return."""
+    impls, pairs = build_impls(name, workdir, seed=args.seed)
+    for impl in impls + [pairs[0][1]]:
+        _to_device(impl, args)
+    if args.compile:
+        impls[0] = _compile_ours(impls[0])
+        pairs[1] = (pairs[1][0], impls[0], pairs[1][2])
+    results["checks"] += run_checks(pairs, label, args)
+    if _pure(args):
+        for impl in impls:
+            impl.model.to(DTYPES[args.dtype])
+    return impls
+
+
+def _bench_shape(impls: list[Impl], name: str, label: str, shape: tuple[int, ...], args: argparse.Namespace,
+                 memory: PeakMemory, progress, results: dict[str, Any], profiles: list[str]) -> None:
+    """Every mode at one input shape (training at a --ckpt-shapes shape adds ours with checkpointing)."""
+    x = _make_input(shape, args, args.seed)
+    flops = forward_flops(impls[0].model, shape)
+    for mode in args.modes:
+        group = list(impls)
+        if mode == "train" and shape in args.ckpt_shapes:
+            group.append(checkpointed_copy(impls[0]))
+            _to_device(group[-1], args)
+        progress.set_description(f"{label} {mode} {shape_str(shape)}")
+        out = run_group(group, x, mode, args, memory, progress)
+        results["results"] += _result_rows(group, out, name, label, shape, mode, flops)
+        progress.write(report.group_line(label, shape_str(shape), mode, out))
+        if args.profile:
+            profiles.append(profile_ours(impls[0], x, mode, f"{label} {mode} {shape_str(shape)}", args))
+            progress.write(profiles[-1])
+
+
+def _result_rows(group: list[Impl], out: dict[str, dict[str, Any]], name: str, label: str, shape: tuple[int, ...],
+                 mode: str, flops: float | None) -> list[dict[str, Any]]:
+    """One result row per implementation; ours' inference row carries the forward GFLOP."""
+    rows = []
+    for impl in group:
+        row = {"model": name, "label": label, "shape": shape_str(shape), "mode": mode, "impl": impl.name,
+               "is_peer": impl.is_peer, **out[impl.name]}
+        if impl.name == "ours" and mode == "infer" and flops:
+            row["forward_gflop"] = flops / 1e9
+        rows.append(row)
+    return rows
+
+
+def _print_report(results: dict[str, Any], profiles: list[str], args: argparse.Namespace) -> None:
+    """Ratios and checkpointing summaries added to the results; the table, the JSON (if asked), the ratios."""
     results["meta"]["loadavg_end"] = _loadavg()
     results["ratios"] = report.ratios(results["results"])
     results["checkpointing"] = report.checkpointing(results["results"])
@@ -353,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     print()
     print(report.render_ratios(results["ratios"]))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

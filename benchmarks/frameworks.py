@@ -7,8 +7,9 @@ forward + backward of the summed losses on a synthetic batch.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -20,14 +20,14 @@ import gc
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from convnext_backbone.accel import release_workspace
+from convnext_backbone.export.features import DTYPES
 
 MiB = 1024.0 * 1024.0
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def shape_str(shape: tuple[int, ...]) -> str:

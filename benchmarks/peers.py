@@ -9,15 +9,16 @@ timm features_only: a conservative comparison.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from convnext_backbone import ConvNextBackbone
-from convnext_backbone.config import PRESETS, config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
+from convnext_backbone.presets import list_presets
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 _SIZE_LETTERS = {"atto": "A", "femto": "F", "pico": "P", "nano": "N", "tiny": "T", "small": "S", "base": "B",
@@ -33,7 +34,7 @@ def model_label(name: str) -> str:
 
 def resolve_model_name(name: str) -> str:
     """Accept a preset name (``convnextv2_atto``) or its label (``V2-A``); ValueError otherwise."""
-    presets = [f"{v}_{s}" for v in PRESETS for s in PRESETS[v]]
+    presets = list_presets()
     by_label = {model_label(p): p for p in presets}
     if name in presets:
         return name

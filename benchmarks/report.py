@@ -55,7 +55,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def checkpointing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Training peak memory of ours without vs with gradient checkpointing."""
     out = []
-    for (label, mode, shape), g in _groups(rows).items():
+    for (label, _mode, shape), g in _groups(rows).items():
         if "ours+ckpt" not in g:
             continue
         off, on = g["ours"], g["ours+ckpt"]

@@ -20,6 +20,8 @@ import platform
 import sys
 from dataclasses import dataclass, field
 
+from .adapters import PACKAGES
+
 
 @dataclass
 class Check:
@@ -64,7 +66,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 def check_python() -> Check:
     c = Check("python", platform.python_version(), required=True)
     c.notes.append(sys.executable)
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036  (doctor also runs where the package could not install)
         c.problems.append("Python < 3.10: torch 2.14 and this project need Python >= 3.10")
     return c
 
@@ -267,7 +269,8 @@ def _run_checks() -> list[Check]:
 
 def _adapter_status() -> list[str]:
     lines = []
-    for module in ("convnext_backbone", "detectron2_convnext", "openmmlab_convnext", "mmseg_convnext", "mmdet_convnext"):
+    width = max(map(len, PACKAGES))
+    for module in PACKAGES:
         try:
             spec = importlib.util.find_spec(module)
         except Exception:
@@ -275,7 +278,7 @@ def _adapter_status() -> list[str]:
         where = None
         if spec is not None:
             where = spec.origin or next(iter(spec.submodule_search_locations or []), None)
-        lines.append(f"  {module:<20} {where or 'NOT FOUND (run `make setup` / pip install -e .)'}")
+        lines.append(f"  {module:<{width}} {where or 'NOT FOUND (run `make setup` / pip install -e .)'}")
     return lines
 
 

@@ -5,8 +5,9 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["atomic_write", "check_not_overwriting", "default_file_mode", "safetensors_bytes"]
 

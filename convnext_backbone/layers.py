@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = ["LN_EPS", "Block", "DropPath", "GRN", "LayerNorm2d"]
 
-LN_EPS = 1e-6  # every LayerNorm inside ConvNeXt (official, timm, HF) uses 1e-6
+LN_EPS = 1e-6  # the LayerNorm eps of ConvNeXt (official, timm, HF, DINOv3); timm's CLIP convnext_xxlarge uses 1e-5
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -77,10 +77,11 @@ class Block(nn.Module):
     checkpoints put it; V2 replaces it with GRN.
     """
 
-    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 0.0, use_grn: bool = False):
+    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 0.0, use_grn: bool = False,
+                 norm_eps: float = LN_EPS):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.grn = GRN(4 * dim) if use_grn else None

@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import accel
-from .config import ConvNextConfig, config_from_preset_name, output_norm_name
+from .arch import config_from_preset_name
+from .config import ConvNextConfig, output_norm_name
 from .convert import from_pretrained, save_pretrained
-from .layers import GRN, LN_EPS, Block, LayerNorm2d
+from .layers import GRN, Block, LayerNorm2d
 
 __all__ = [
     "BackboneOutput",
@@ -99,6 +100,11 @@ def init_weights_(module: nn.Module, initializer_range: float, layer_scale_init_
         init.constant_(module.gamma, layer_scale_init_value)
 
 
+def _official_init(model: _ConvNextTrunk) -> None:
+    config = model.config
+    model.apply(lambda m: init_weights_(m, config.initializer_range, config.layer_scale_init_value))
+
+
 class _ConvNextTrunk(nn.Module):
     """Stem, downsampling layers and stages shared by the backbone and the classifier."""
 
@@ -106,11 +112,13 @@ class _ConvNextTrunk(nn.Module):
 
     def __init__(self, config: ConvNextConfig):
         super().__init__()
-        self.config = config
+        # The model's own copy: a config shared by two models (or kept by the caller) would make
+        # `model.out_features = ...` on one of them change the other's outputs.
+        self.config = config = config.copy()
         h, patch = config.hidden_sizes, config.patch_size
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], kernel_size=patch, stride=patch), LayerNorm2d(h[0], eps=LN_EPS))]
-            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=LN_EPS), nn.Conv2d(h[i - 1], h[i], kernel_size=2, stride=2))
+            [nn.Sequential(nn.Conv2d(config.num_channels, h[0], kernel_size=patch, stride=patch), LayerNorm2d(h[0], eps=config.norm_eps))]
+            + [nn.Sequential(LayerNorm2d(h[i - 1], eps=config.norm_eps), nn.Conv2d(h[i - 1], h[i], kernel_size=2, stride=2))
                for i in range(1, config.num_stages)]
         )
         rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()  # cpu: works under torch.device("meta")
@@ -118,14 +126,16 @@ class _ConvNextTrunk(nn.Module):
         start = 0
         for i, depth in enumerate(config.depths):
             self.stages.append(Stage(*[
-                Block(h[i], rates[start + j], config.layer_scale_init_value, config.uses_grn) for j in range(depth)
+                Block(h[i], rates[start + j], config.layer_scale_init_value, config.uses_grn, config.norm_eps) for j in range(depth)
             ]))
             start += depth
         self._accelerate = True
         self.set_gradient_checkpointing(config.gradient_checkpointing)
 
     def init_weights(self) -> None:
-        self.apply(lambda m: init_weights_(m, self.config.initializer_range, self.config.layer_scale_init_value))
+        """The official init of every weight (frameworks override this name with their own init
+        step; the constructor uses ``_official_init``, which they cannot change)."""
+        _official_init(self)
 
     # -- switches -------------------------------------------------------------------------------
     @property
@@ -218,7 +228,7 @@ class ConvNextBackbone(_ConvNextTrunk):
     def __init__(self, config: ConvNextConfig):
         super().__init__(config)
         self._sync_output_norms()
-        self.init_weights()
+        _official_init(self)
         self._freeze_stages()
 
     # -- the HF backbone contract -------------------------------------------------------------
@@ -273,7 +283,7 @@ class ConvNextBackbone(_ConvNextTrunk):
             name = output_norm_name(i)
             norm = self._modules.pop(name, None)
             if i in want and norm is None:
-                norm = LayerNorm2d(self.config.channels_per_stage[i], eps=LN_EPS)
+                norm = LayerNorm2d(self.config.channels_per_stage[i], eps=self.config.norm_eps)
                 if ref.device.type != "meta":
                     norm.to(device=ref.device, dtype=ref.dtype)
             if i in want:
@@ -333,7 +343,7 @@ class ConvNextForImageClassification(_ConvNextTrunk):
         super().__init__(config)
         self.norm = nn.LayerNorm(config.hidden_sizes[-1], eps=config.layer_norm_eps)
         self.head = nn.Linear(config.hidden_sizes[-1], config.num_labels)
-        self.init_weights()
+        _official_init(self)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None) -> ClassifierOutput:
         output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)

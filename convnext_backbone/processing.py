@@ -9,16 +9,18 @@ so pixel values match it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from .families import IMAGENET_MEAN, IMAGENET_STD, get_family
+
 __all__ = ["ConvNextImageProcessor", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "to_uint8_chw"]
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = IMAGENET_MEAN, IMAGENET_STD
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 _RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
@@ -136,9 +138,15 @@ class ConvNextImageProcessor:
         self.image_std = list(image_std if image_std is not None else IMAGENET_STANDARD_STD)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> "ConvNextImageProcessor":
-        """Read a HF ``preprocessor_config.json`` (file or its directory)."""
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ConvNextImageProcessor:
+        """Read a HF ``preprocessor_config.json`` (file or its directory). A weights directory without
+        one but whose ``config.json`` names the weights' family gets that family's mean/std."""
         p = Path(path)
+        if p.is_dir() and not (p / "preprocessor_config.json").is_file() and (p / "config.json").is_file():
+            family = json.loads((p / "config.json").read_text()).get("weights_family")
+            if family:
+                f = get_family(family)
+                return cls(**{"image_mean": list(f.mean), "image_std": list(f.std), **overrides})
         if p.is_dir():
             p = p / "preprocessor_config.json"
         if not p.is_file():

@@ -95,14 +95,16 @@ declare -A HINTS=(
 )
 # Quick "is it installed" test per step: Python run from / (so the project's packages must
 # come from the editable install, not the working directory). All of them run in one
-# process (torch imports once) when deciding what to skip. The project's packages are
-# found, not imported: a bug in an adapter is for the tests to report.
+# process (torch imports once) when deciding what to skip. The project's packages (the list in
+# convnext_backbone/adapters.py, read from the repository at $CONVNEXT_ROOT) are found, not
+# imported: a bug in an adapter is for the tests to report.
 declare -A CHECKS=(
   [base]="import torch, torchvision, numpy, pkg_resources"
   [detectron2]="import detectron2.model_zoo"
   [mmcv]="from mmcv.ops import nms"
-  [project]="import importlib.util as u, mmseg, mmdet, mmengine, transformers, timm, onnx, onnxruntime, pycocotools
-missing = [m for m in ('convnext_backbone', 'detectron2_convnext', 'openmmlab_convnext', 'mmseg_convnext', 'mmdet_convnext') if u.find_spec(m) is None]
+  [project]="import importlib.util as u, os, runpy, mmseg, mmdet, mmengine, transformers, timm, onnx, onnxruntime, pycocotools, ruff
+packages = runpy.run_path(os.environ['CONVNEXT_ROOT'] + '/convnext_backbone/adapters.py')['PACKAGES']
+missing = [m for m in packages if u.find_spec(m) is None]
 assert not missing, f'not installed: {missing}'"
 )
 # Files whose content a step depends on (besides its own function body).
@@ -110,7 +112,7 @@ declare -A INPUTS=(
   [base]="scripts/constraints.txt"
   [detectron2]="scripts/constraints.txt scripts/repack_detectron2_wheel.py"
   [mmcv]="scripts/constraints.txt scripts/build_mmcv_wheel.sh"
-  [project]="scripts/constraints.txt setup.py"
+  [project]="scripts/constraints.txt setup.py convnext_backbone/adapters.py"
 )
 
 step_hash() {
@@ -142,7 +144,7 @@ print(' '.join(failed))"
 check() {
   local args=() name
   for name in "$@"; do args+=("$name" "${CHECKS[$name]}"); done
-  (cd / && "$PY" -c "$CHECK_RUNNER" "${args[@]}" 2>"$STAMPS/.check.log")
+  (cd / && CONVNEXT_ROOT="$ROOT" "$PY" -c "$CHECK_RUNNER" "${args[@]}" 2>"$STAMPS/.check.log")
 }
 
 START=$SECONDS

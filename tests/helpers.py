@@ -101,3 +101,33 @@ def official_layer_id(name: str, decay_type: str, num_layers: int) -> int:
     if parts[1] == "downsample_layers":
         return {0: 0, 1: 2, 2: 3, 3: num_layers}[stage]
     return {0: 1, 1: 2, 3: num_layers}.get(stage, 3 + int(parts[3]) // 3)
+
+
+# ---- Ctrl-C in the OpenMMLab train commands ------------------------------------------------------
+def ctrl_c_note(train_main, runner_cls, argv: list[str], work: Path, capsys, monkeypatch) -> str:
+    """Run ``train_main(argv)`` with a Runner whose training writes a checkpoint (as mmengine records
+    it: its path in ``work/last_checkpoint``) and is then hit by a real SIGINT; -> the one line the
+    command printed last on stderr, after checking exit status 130 and no traceback."""
+    import signal
+    import time
+
+    import pytest
+    import torch
+
+    class Training:
+        def train(self):
+            work.mkdir(parents=True, exist_ok=True)
+            torch.save({"meta": {"iter": 4}}, work / "iter_4.pth")
+            (work / "last_checkpoint").write_text(str(work / "iter_4.pth"))
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+
+    monkeypatch.setattr(runner_cls, "from_cfg", classmethod(lambda cls, cfg: Training()))
+    capsys.readouterr()
+    try:
+        rc = train_main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the train command as a KeyboardInterrupt traceback")
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]

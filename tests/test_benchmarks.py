@@ -40,7 +40,7 @@ def test_quick_run_writes_json(tmp_path):
     rows = {(r["mode"], r["impl"]): r for r in data["results"]}
     assert set(rows) == {("infer", "ours"), ("infer", "timm"), ("infer", "hf"),
                          ("train", "ours"), ("train", "timm"), ("train", "hf"), ("train", "ours+ckpt")}
-    for (mode, impl), r in rows.items():
+    for (_mode, impl), r in rows.items():
         assert r["label"] == "V2-A" and r["shape"] == "1x3x64x96"
         assert r["peak_mem_mib"] is not None and r["peak_mem_mib"] >= 0 and r["warmup_s"] > 0
         if impl == "ours+ckpt":  # memory run only

@@ -139,7 +139,7 @@ def test_convert_command_reports_failure(tmp_path, capsys):
 
 
 def test_convert_refuses_an_existing_dst_file_before_loading(tmp_path, atto_dir, capsys, monkeypatch):
-    import convnext_backbone.convert_cmd as convert_cmd
+    import convnext_backbone.convert.command as convert_cmd
 
     def no_loading(*a, **k):
         raise AssertionError("the checkpoint was opened before DST was checked")

@@ -11,7 +11,8 @@ from convnext_backbone import (
     build_backbone,
     list_presets,
 )
-from convnext_backbone.config import PRESETS, resolve_out_features_out_indices
+from convnext_backbone.config import resolve_out_features_out_indices
+from convnext_backbone.presets import PRESETS
 
 from helpers import max_abs_diff, randomize_
 
@@ -82,9 +83,12 @@ def test_setters_rederive_the_other():
 
 
 def test_presets_match_published_shapes():
-    assert list_presets("convnext") == [f"convnext_{s}" for s in ["tiny", "small", "base", "large", "xlarge"]]
+    assert list_presets("convnext") == [f"convnext_{s}" for s in ["tiny", "small", "base", "large", "xlarge", "xxlarge"]]
     assert list_presets("convnextv2") == [f"convnextv2_{s}" for s in ["atto", "femto", "pico", "nano", "tiny", "base", "large", "huge"]]
     assert PRESETS["convnextv2"]["huge"] == ((3, 3, 27, 3), (352, 704, 1408, 2816))
+    assert PRESETS["convnext"]["xxlarge"] == ((3, 4, 30, 3), (384, 768, 1536, 3072))  # CLIP's ConvNeXt-XXL (timm)
+    xxl = ConvNextConfig.from_preset("xxlarge")
+    assert xxl.norm_eps == 1e-5 and ConvNextConfig.from_preset("xlarge").norm_eps == 1e-6  # as timm builds them
     cfg = ConvNextV2Config.from_preset("nano")
     assert cfg.depths == [2, 2, 8, 2] and cfg.hidden_sizes == [80, 160, 320, 640]
     assert type(build_backbone("convnext_small").config) is ConvNextConfig
@@ -520,3 +524,31 @@ def test_v1_layer_scale_range_and_the_rules_between_fields_on_assignment():
     assert cfg.depths == [1, 1, 1, 1] and cfg.layer_scale_init_value == 0.0
     five = cfg.copy(num_stages=5, depths=[1] * 5, hidden_sizes=[8, 16, 32, 64, 128], out_features=["stage5"])
     assert five.stage_names[-1] == "stage5" and five.strides[-1] == 64
+
+
+def test_models_built_from_one_config_do_not_share_it():
+    """A model keeps its own copy of the config: changing one model's outputs (or the caller's
+    config afterwards) changes nothing else."""
+    cfg = ConvNextV2Config.from_preset("atto", out_features=["stage2", "stage4"])
+    a, b = ConvNextBackbone(cfg), ConvNextBackbone(cfg)
+    a.out_features = ["stage1"]
+    assert a.out_features == ["stage1"]
+    assert b.out_features == ["stage2", "stage4"] and cfg.out_features == ["stage2", "stage4"]
+    cfg.frozen_stages = 2
+    cfg.out_indices = [4]
+    assert b.config.frozen_stages == -1 and b.out_features == ["stage2", "stage4"]
+    assert a.config is not cfg and b.config is not a.config
+
+
+def test_the_constructor_does_not_call_an_overridable_init_hook():
+    """Frameworks give ``init_weights`` their own meaning (mmengine: apply init_cfg); the core
+    initialises itself without calling it, so a subclass needs no construction-order guard."""
+
+    class Framework(ConvNextBackbone):
+        def init_weights(self):
+            raise AssertionError("called during construction")
+
+    model = Framework(ConvNextV2Config.from_preset("atto"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(AssertionError, match="construction"):
+        model.init_weights()

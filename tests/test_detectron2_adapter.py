@@ -3,18 +3,15 @@ checkpoint loading, augmentation, class-specific Cascade, LazyConfig."""
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import re
 from pathlib import Path
 
+import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 import numpy as np
 import pytest
 import torch
-
-import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 from detectron2.config import LazyConfig, get_cfg, instantiate
-from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
@@ -23,7 +20,7 @@ from detectron2.utils.events import EventStorage
 
 import detectron2_convnext as d2c
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from detectron2_convnext.optim import convnext_layer_id, default_num_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,7 +273,7 @@ def test_classification_checkpoint_initialises_backbone_only(atto_model, tmp_pat
     for k in before:  # FPN, RPN, ROI heads and output norms left at init
         if not k.startswith("backbone.bottom_up.") or k.startswith("backbone.bottom_up.norm"):
             assert torch.equal(after[k], before[k]), k
-    rep = ck.last_load_report
+    rep = ck.load_report
     assert rep.ok and len(rep.loaded) == len([k for k in cls.state_dict() if not k.startswith(("head.", "norm."))])
     assert {k.split(".")[0] for k in rep.initialized} == {"norm0", "norm1", "norm2", "norm3"}
     assert {k.split(".")[0] for k, _ in rep.dropped} == {"head", "norm"}
@@ -322,7 +319,9 @@ def test_weights_of_another_architecture_are_refused(atto_model, tmp_path):
 def test_detectron2_checkpoint_of_another_size_is_refused(atto_model, tmp_path):
     femto = build_model(make_cfg(DEMO_CFG, "MODEL.CONVNEXT.NAME", "convnextv2_femto"))
     d2c.ConvNextCheckpointer(femto, str(tmp_path)).save("femto")
-    with pytest.raises(CheckpointError, match=r"(?s)does not fit this model's ConvNeXt backbone.*shape mismatch for backbone.bottom_up.downsample_layers.0.0.weight: checkpoint \[48, 3, 4, 4\] vs model \[40, 3, 4, 4\]"):
+    want = (r"(?s)does not fit this model's ConvNeXt backbone.*"
+            r"shape mismatch for backbone.bottom_up.downsample_layers.0.0.weight: checkpoint \[48, 3, 4, 4\] vs model \[40, 3, 4, 4\]")
+    with pytest.raises(CheckpointError, match=want):
         d2c.ConvNextCheckpointer(atto_model).load(str(tmp_path / "femto.pth"))
 
 

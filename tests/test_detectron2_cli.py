@@ -1,6 +1,7 @@
 """The Detectron2 command lines when the user gets something wrong: one ``prog: error: ...``
 line and exit status 2 (as ``convnext-mmseg-train``), before anything is launched where
-possible; and checkpoints that do not fit say how to load them non-strictly *in Detectron2*.
+possible; checkpoints that do not fit say how to load them non-strictly *in Detectron2*; and
+Ctrl-C says where the last checkpoint is and how to continue (exit status 130).
 
 Most cases call ``main()`` in this process: it stops before Detectron2's ``launch``. One
 case goes through two real worker processes (an error found while a worker loads weights).
@@ -14,16 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 import pytest
 import torch
-
-import detectron2  # noqa: F401  (a missing framework must fail loudly, not skip)
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import detectron2_convnext as d2c
 from convnext_backbone import CheckpointError, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from detectron2_convnext import lazy_train_net, train_net
 from detectron2_convnext.synthetic import SyntheticSpec, make_coco_split
 
@@ -189,13 +189,18 @@ def test_strict_load_key_reaches_the_trainer(tmp_path, data):
     assert torch.equal(trainer.model.backbone.bottom_up.stages[1][0].dwconv.weight, saved["stages.1.0.dwconv.weight"])
 
 
+def _cli_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "integrations"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CONVNEXT_DEBUG", None)
+    return env
+
+
 def test_worker_errors_are_one_line(tmp_path, data):
     """Through the real command line and two worker processes: the error comes from the workers'
     checkpoint loading (after launch), and still is one line per failing rank with exit status 2."""
     femto = _classification_checkpoint(tmp_path / "convnextv2_femto.pth", "convnextv2_femto")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "integrations"), os.environ.get("PYTHONPATH", "")]))
-    env.pop("CONVNEXT_DEBUG", None)
+    env = _cli_env()
     r = subprocess.run(
         [sys.executable, "-m", "detectron2_convnext.train_net", "--num-gpus", "2", "--dist-url", "auto",
          "--config-file", DEMO_CFG, *data, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", str(femto)],
@@ -206,3 +211,90 @@ def test_worker_errors_are_one_line(tmp_path, data):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("convnext-d2-train: error: ")]
     assert errors and all(ln.startswith("convnext-d2-train: error: [rank ") for ln in errors), r.stderr[-3000:]
     assert "MODEL.CONVNEXT.STRICT_LOAD False" in r.stderr and "strict=False" not in r.stderr
+
+
+# --- files that are not what they claim, data that is not there, Ctrl-C -----------------------------
+def test_weights_that_are_not_a_checkpoint_are_one_line(atto_model, data, tmp_path):
+    """A cut-short download or a file that is no checkpoint at all, as MODEL.WEIGHTS: found while the
+    worker loads it (the file exists, so the preflight lets it through), still one line (was a torch
+    traceback). Through the real command line: in-process, Detectron2's loggers would outlive the test."""
+    whole = _classification_checkpoint(tmp_path / "whole.pth", "convnextv2_atto").read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole[: len(whole) // 2])
+    r = subprocess.run(
+        [sys.executable, "-m", "detectron2_convnext.train_net", "--config-file", DEMO_CFG, *data,
+         "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", str(cut)],
+        capture_output=True, text=True, env=_cli_env(), cwd=REPO, timeout=600,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("convnext-d2-train: error: ")]
+    assert errors == [f"convnext-d2-train: error: {cut}: not a readable checkpoint (a zip archive as torch.save writes, "
+                      "but cut short: a truncated download or copy?)"], r.stderr[-3000:]
+    text = tmp_path / "weights.pth"
+    text.write_text("<html>404 Not Found</html>\n")
+    with pytest.raises(CheckpointError) as e:  # the same loader, in-process
+        d2c.ConvNextCheckpointer(atto_model).load(str(text))
+    assert str(e.value) == f"{text}: not a readable checkpoint (neither a zip archive (torch.save) nor a pickle: not a checkpoint file)"
+
+
+def test_builtin_dataset_without_its_files_is_one_line(capsys, monkeypatch, tmp_path):
+    """``coco_2017_val`` is registered by Detectron2 whatever ``$DETECTRON2_DATASETS`` holds: the preflight
+    checks its files too (it used to pass, then every worker died with a FileNotFoundError)."""
+    monkeypatch.chdir(tmp_path)  # Detectron2's default dataset root is ./datasets
+    weights = _classification_checkpoint(tmp_path / "atto.pth", "convnextv2_atto")
+    rc = train_net.main(["--config-file", DEMO_CFG, "--eval-only", "DATASETS.TEST", "('coco_2017_val',)", "MODEL.WEIGHTS", str(weights)])
+    assert _one_line_error(capsys, rc) == (
+        "DATASETS.TEST: dataset 'coco_2017_val' is registered, but its json_file datasets/coco/annotations/instances_val2017.json "
+        "does not exist (Detectron2's built-in datasets are read from $DETECTRON2_DATASETS, default ./datasets); put the data "
+        "there, or register your copy with --register-coco coco_2017_val JSON IMAGE_ROOT")
+    rc = lazy_train_net.main(["--config-file", LAZY_CFG, "--eval-only", f"train.init_checkpoint={weights}"])
+    assert _one_line_error(capsys, rc, "convnext-d2-lazy-train").startswith(
+        "dataloader.test.dataset.names: dataset 'coco_2017_val' is registered, but its json_file ")
+
+
+def test_eval_only_without_weights_is_refused(capsys, data, tmp_path):
+    rc = train_net.main(["--config-file", DEMO_CFG, *data, "--eval-only", "OUTPUT_DIR", str(tmp_path / "out")])
+    assert _one_line_error(capsys, rc) == (
+        f"--eval-only with no weights would evaluate a randomly initialised model: set MODEL.WEIGHTS "
+        f"(e.g. {tmp_path / 'out' / 'model_final.pth'}), or --resume from {tmp_path / 'out'}/last_checkpoint")
+
+
+def test_config_files_that_do_not_parse_are_one_line(capsys, tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text(f"_BASE_: {DEMO_CFG}\nSOLVER:\n  STEPS: [100, 200\n")
+    assert _one_line_error(capsys, train_net.main(["--config-file", str(bad_yaml)])) == (
+        f"{bad_yaml}, line 4: expected ',' or ']', but got '<stream end>'")
+    bad_py = tmp_path / "bad.py"
+    bad_py.write_text("from detectron2.config import LazyCall as L\nmodel = dict(\n")
+    assert _one_line_error(capsys, lazy_train_net.main(["--config-file", str(bad_py)]), "convnext-d2-lazy-train") == (
+        f"{bad_py}, line 2: '(' was never closed")
+    bad_py.write_text("x = 1\nmodel = undefined_name\n")
+    assert _one_line_error(capsys, lazy_train_net.main(["--config-file", str(bad_py)]), "convnext-d2-lazy-train") == (
+        f"{bad_py}, line 2: NameError: name 'undefined_name' is not defined")
+
+
+_CTRL_C = """
+import os, signal, sys, time
+from detectron2_convnext import train_net
+
+class CtrlCAfterACheckpoint(train_net.Trainer):
+    def train(self):  # a checkpoint, then Ctrl-C: no iteration is run
+        self.checkpointer.save("model_0000004")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+
+sys.exit(train_net.main(sys.argv[1:], trainer_class=CtrlCAfterACheckpoint))
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_ctrl_c_names_the_last_checkpoint_and_how_to_resume(data, tmp_path, resume):
+    """SIGINT while training: one line naming the last checkpoint and how to continue, exit status 130
+    (it was a KeyboardInterrupt traceback)."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", _CTRL_C, "--config-file", DEMO_CFG, *data, *(["--resume"] if resume else []),
+                        "OUTPUT_DIR", str(out)], capture_output=True, text=True, env=_cli_env(), cwd=REPO, timeout=600)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    how = "run the same command again" if resume else "add --resume to the same command (before the config overrides)"
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"convnext-d2-train: interrupted; the last checkpoint is {out / 'model_0000004.pth'}; {how} to continue from it")

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import StandardROIHeads
 
 import detectron2_convnext as d2c
-from convnext_backbone.config import PRESETS
+from convnext_backbone.presets import PRESETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detectron2"
 MODEL_FILES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("Base-"))
@@ -88,12 +88,13 @@ def test_coco_recipe(path):
         assert target.group(1).startswith("none published")
     if path.name in OFFICIAL:
         dpr, lr, rate, layers = OFFICIAL[path.name]
-        assert (cfg.MODEL.CONVNEXT.DROP_PATH_RATE, cfg.SOLVER.BASE_LR, cfg.SOLVER.LAYER_DECAY.RATE, cfg.SOLVER.LAYER_DECAY.NUM_LAYERS) == (dpr, lr, rate, layers)
+        got = (cfg.MODEL.CONVNEXT.DROP_PATH_RATE, cfg.SOLVER.BASE_LR, cfg.SOLVER.LAYER_DECAY.RATE, cfg.SOLVER.LAYER_DECAY.NUM_LAYERS)
+        assert (dpr, lr, rate, layers) == got
     s = cfg.SOLVER
     assert (s.OPTIMIZER, s.WEIGHT_DECAY, tuple(s.BETAS), s.IMS_PER_BATCH) == ("ADAMW", 0.05, (0.9, 0.999), 16)
     epochs = 36 if "_3x_" in path.name else 12
     steps = (27, 33) if epochs == 36 else (8, 11)
-    assert s.MAX_ITER == epochs * EPOCH and tuple(s.STEPS) == tuple(e * EPOCH for e in steps) and s.GAMMA == 0.1
+    assert epochs * EPOCH == s.MAX_ITER and tuple(s.STEPS) == tuple(e * EPOCH for e in steps) and s.GAMMA == 0.1
     assert cfg.INPUT.DETR_AUG.ENABLED and tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(480, 801, 32))
     assert cfg.INPUT.MAX_SIZE_TRAIN == 1333 and cfg.INPUT.RANDOM_FLIP == "horizontal"
     assert tuple(cfg.INPUT.DETR_AUG.RESIZE_SIZES) == (400, 500, 600) and tuple(cfg.INPUT.DETR_AUG.CROP_SIZE) == (384, 600)

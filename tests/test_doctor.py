@@ -4,6 +4,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+from convnext_backbone.adapters import ADAPTERS, PACKAGES
 
 FRAMEWORKS = ("detectron2", "mmcv", "mmengine", "mmseg", "mmdet")
 
@@ -21,16 +24,21 @@ def test_installed_packages_found_from_anywhere():
     # find_spec, not import: the adapters' own tests import them; this checks the packaging.
     r = _run(
         "import importlib.util as u\n"
-        "for m in ('convnext_backbone', 'detectron2_convnext', 'mmseg_convnext', 'mmdet_convnext', 'openmmlab_convnext'):"
-        " print(u.find_spec(m).origin)"
+        f"for m in {PACKAGES!r}: print(m, u.find_spec(m).origin)"
     )
     assert r.returncode == 0, r.stderr
-    core, d2, mmseg, mmdet, shared = r.stdout.split()
-    assert core.endswith(os.path.join("convnext_backbone", "__init__.py"))
-    assert d2.endswith(os.path.join("integrations", "detectron2_convnext", "__init__.py"))
-    assert mmseg.endswith(os.path.join("integrations", "mmseg_convnext", "__init__.py"))
-    assert mmdet.endswith(os.path.join("integrations", "mmdet_convnext", "__init__.py"))
-    assert shared.endswith(os.path.join("integrations", "openmmlab_convnext", "__init__.py"))
+    origin = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert list(origin) == list(PACKAGES)
+    assert origin["convnext_backbone"].endswith(os.path.join("convnext_backbone", "__init__.py"))
+    for adapter in ADAPTERS:
+        assert origin[adapter].endswith(os.path.join("integrations", adapter, "__init__.py")), (adapter, origin[adapter])
+
+
+def test_the_adapter_list_names_every_adapter_package():
+    # The one list (setup.py, doctor, scripts/setup.sh read it) against the integrations/ folder.
+    root = Path(__file__).resolve().parents[1]
+    on_disk = {p.parent.name for p in (root / "integrations").glob("*/__init__.py")}
+    assert set(ADAPTERS) == on_disk and len(ADAPTERS) == len(on_disk)
 
 
 def test_doctor_imports_no_framework_at_import_time():
@@ -51,5 +59,7 @@ def test_doctor_reports_the_stack(capsys):
                  "mmseg", "mmdet", "transformers", "timm", "onnxruntime"):
         assert f"\n  {name} " in out, f"doctor does not report {name}:\n{out}"
     assert "mmcv.ops loads" in out, out
+    for package in PACKAGES:  # the "packages:" section: where each import package comes from
+        assert re.search(rf"\n  {package} +/", out), f"doctor does not locate {package}:\n{out}"
     assert re.search(r"\n  dwconv kernel +built ", out), out  # the C depthwise kernel compiled here
     assert "MISSING" not in out, out

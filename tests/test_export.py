@@ -1,11 +1,13 @@
 """Feature export: CLI + API on a generated folder (every image mode, a corrupt and a truncated
-file), kill-and-resume, a 2-process torchrun run, and --verify. Real files, real subprocesses."""
+file), kill-and-resume, Ctrl-C, two runs into one --out, a 2-process torchrun run, and --verify.
+Real files, real subprocesses."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -250,45 +252,45 @@ def test_bad_arguments_are_reported(weights, folder, exported, tmp_path, capsys)
         assert message in capsys.readouterr().err, (argv, message)
 
 
-# -- kill -9 mid-run, then resume --------------------------------------------------------------
+# -- kill -9 / Ctrl-C mid-run, then resume; a second run into the same --out ----------------------
 def _many_images(root: Path, n: int) -> None:
     root.mkdir()
     for i in range(n):
         Image.fromarray(_picture(96 + (i % 3) * 16, 128, 100 + i)).save(root / f"img{i:03d}.png")
 
 
-def test_kill_mid_run_then_resume(weights, tmp_path):
-    src, out, n = tmp_path / "many", tmp_path / "out", 32
+def _slow_export(weights: Path, tmp_path: Path, n: int = 32) -> tuple[Path, Path, list[str]]:
+    """-> (images, out, argv) of an export slow enough to be stopped mid-run (one image at a time, 224 px)."""
+    src, out = tmp_path / "many", tmp_path / "out"
     _many_images(src, n)
     argv = ["export", "--weights", str(weights), "--input", str(src), "--out", str(out), "--size", "224",
             "--features", "stage1,stage3", "--batch-size", "1", "--workers", "1", "--writer-threads", "1", "--no-progress"]
+    return src, out, argv
+
+
+def _start_and_freeze(argv: list[str], out: Path, n: int, at_least: int = 4) -> subprocess.Popen:
+    """Start the export in its own process group, let it write ``at_least`` files, then SIGSTOP the group
+    (it and its DataLoader worker): a run caught mid-way, whatever the machine's speed."""
     proc = subprocess.Popen([sys.executable, "-m", "convnext_backbone.cli", *argv], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     feats = out / "features"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and len(list(feats.glob("*.safetensors"))) < 4:
+    while time.monotonic() < deadline and proc.poll() is None and len(list(feats.glob("*.safetensors"))) < at_least:
         time.sleep(0.01)
-    assert proc.poll() is None, f"the export ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)  # the main process and its DataLoader worker
-    proc.wait()
-    proc.stderr.close()
-    before = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.safetensors")}
-    assert 4 <= len(before) < n and not (out / "manifest.jsonl").exists()
-    for p in feats.glob("*.safetensors"):  # atomic: whatever is there is complete
-        assert set(load_features(p)) == {"stage1", "stage3"}
-    recorded = [json.loads(line) for part in (out / "manifest.parts").glob("*.jsonl")
-                for line in part.read_text().splitlines() if line.endswith("}")]
-    assert recorded, "no manifest line was flushed before the kill"
+    os.killpg(proc.pid, signal.SIGSTOP)
+    assert proc.poll() is None, f"the export ended before it could be stopped: {proc.stderr.read()[-2000:]}"
+    assert at_least <= len(list(feats.glob("*.safetensors"))) < n
+    return proc
 
-    assert cli(argv) == 0
+
+def _assert_complete_and_right(weights: Path, src: Path, out: Path) -> None:
+    """Every image exported once, verified, equal to a direct forward; nothing of an earlier run left over."""
+    feats = out / "features"
     records = manifest(out)
     assert sorted(r["source"] for r in records) == sorted(str(p) for p in src.glob("*.png"))
     assert all(r["status"] == "ok" for r in records)
-    for r in recorded:  # recorded before the kill -> skipped, not rewritten
-        name = Path(r["output"]).name
-        assert (feats / name).stat().st_mtime_ns == before[name]
     assert sorted(p.name for p in feats.iterdir()) == sorted(f"{p.name}.safetensors" for p in src.glob("*.png"))
-    assert not (out / "manifest.parts").exists() and not (out / ".partial").exists()
+    assert not (out / "manifest.parts").exists() and not (out / ".partial").exists() and not (out / ".export.lock").exists()
     assert cli(["export", "--verify", str(out), "--no-progress"]) == 0
     model = ConvNextBackbone.from_pretrained(weights, out_features=["stage1", "stage3"])
     paths = sorted(src.glob("*.png"))
@@ -296,6 +298,89 @@ def test_kill_mid_run_then_resume(weights, tmp_path):
     for i, p in enumerate(paths):
         got = load_features(feats / f"{p.name}.safetensors")
         assert max_abs_diff([got["stage1"], got["stage3"]], [want["stage1"][i], want["stage3"][i]]) < 1e-4, p.name
+
+
+def _recorded(out: Path) -> list[dict]:
+    return [json.loads(line) for part in (out / "manifest.parts").glob("*.jsonl")
+            for line in part.read_text().splitlines() if line.endswith("}")]
+
+
+def test_kill_mid_run_then_resume(weights, tmp_path):
+    n = 32
+    src, out, argv = _slow_export(weights, tmp_path, n)
+    proc = _start_and_freeze(argv, out, n)
+    os.killpg(proc.pid, signal.SIGKILL)  # the main process and its DataLoader worker
+    proc.wait()
+    proc.stderr.close()
+    feats = out / "features"
+    before = {p.name: p.stat().st_mtime_ns for p in feats.glob("*.safetensors")}
+    assert 4 <= len(before) < n and not (out / "manifest.jsonl").exists()
+    for p in feats.glob("*.safetensors"):  # atomic: whatever is there is complete
+        assert set(load_features(p)) == {"stage1", "stage3"}
+    recorded = _recorded(out)
+    assert recorded, "no manifest line was flushed before the kill"
+
+    assert cli(argv) == 0
+    for r in recorded:  # recorded before the kill -> skipped, not rewritten
+        name = Path(r["output"]).name
+        assert (feats / name).stat().st_mtime_ns == before[name]
+    _assert_complete_and_right(weights, src, out)
+
+
+def test_ctrl_c_says_how_to_resume_in_one_line(weights, tmp_path, capsys):
+    """SIGINT to the process group, as Ctrl-C in a terminal sends it (the DataLoader worker gets it
+    too): one line saying how far it got, exit status 130, no traceback; the same command resumes."""
+    n = 32
+    src, out, argv = _slow_export(weights, tmp_path, n)
+    proc = _start_and_freeze(argv, out, n)
+    os.killpg(proc.pid, signal.SIGINT)  # delivered when the group runs again
+    os.killpg(proc.pid, signal.SIGCONT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    m = re.fullmatch(r"convnext-backbone export: interrupted; run the same command again to resume \((\d+) of 32 images done\)", lines[0])
+    assert m, lines
+    done = len(list((out / "features").glob("*.safetensors")))  # the writes under way were finished, and recorded
+    assert int(m.group(1)) == len({r["source"] for r in _recorded(out)}) == done and 4 <= done < n
+    assert not (out / ".export.lock").exists()  # released on the way out
+
+    capsys.readouterr()
+    assert cli(argv) == 0
+    assert f"{n} images: {n - int(m.group(1))} written, {m.group(1)} already done" in capsys.readouterr().err
+    _assert_complete_and_right(weights, src, out)
+
+
+def test_second_run_into_the_same_out_is_refused_and_a_killed_runs_lock_is_taken_over(weights, tmp_path, capsys):
+    """Two runs into one --out at once: the second is refused, naming the first, before it touches
+    anything (it used to delete the first run's temp folder from under it). After kill -9 of the
+    first, its lock is free (flock dies with its process) and the next run takes it over, says so,
+    and finishes a correct export."""
+    n = 32
+    src, out, argv = _slow_export(weights, tmp_path, n)
+    first = _start_and_freeze(argv, out, n)
+    try:
+        partial = sorted(p.relative_to(out) for p in (out / ".partial").rglob("*"))
+        capsys.readouterr()
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"convnext-backbone export: error: another export is writing into {out} "
+                                                       f"(pid {first.pid} on "), err
+        assert "started " in lines[0] and f" export --weights {weights} --input {src} --out {out} " in lines[0]  # its command
+        assert sorted(p.relative_to(out) for p in (out / ".partial").rglob("*")) == partial  # the first run's files untouched
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        first.stderr.close()
+    assert (out / ".export.lock").exists()  # left behind by the killed run: a stale lock
+
+    assert cli(argv) == 0
+    err = capsys.readouterr().err
+    assert f"note: taking over {out} from an export that did not finish (pid {first.pid} on " in err
+    _assert_complete_and_right(weights, src, out)
 
 
 # -- torchrun -----------------------------------------------------------------------------------
@@ -311,7 +396,10 @@ def test_torchrun_two_ranks_equal_single_process(weights, folder, exported, tmp_
     assert run.returncode == 0, run.stderr[-3000:]
     single, multi = manifest(exported), manifest(out)
     assert {r["rank"] for r in multi} == {0, 1}
-    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k not in ("rank", "sha256", "bytes")} for r in recs]
+
     assert strip(multi) == strip(single)
     assert "export: 8 images: 6 written, 0 already done, 2 failed" in run.stderr
     for r in (r for r in single if r["status"] == "ok"):

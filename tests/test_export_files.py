@@ -1,10 +1,14 @@
-"""What the export commands leave on disk: the same bytes from the same run, and the permissions
-of the user's umask (a shared file system needs group/other read)."""
+"""What the export commands leave on disk: the same bytes from the same run, the permissions of
+the user's umask (a shared file system needs group/other read), and nothing written over what is
+not theirs (their inputs, a checkpoint, a folder that is not an export, a read-only --out)."""
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -22,6 +26,7 @@ from convnext_backbone.export.store import describe_file, serialize
 from helpers import randomize_
 
 SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,7 @@ def test_serialize_is_canonical(monkeypatch):
     assert len(st) == 1
     npz = set()
     for fake_now in (1_000_000_000.0, 1_500_000_000.0):  # 2001 and 2017
-        monkeypatch.setattr(time, "time", lambda: fake_now)
+        monkeypatch.setattr(time, "time", lambda now=fake_now: now)
         npz.add(serialize(tensors, "npz"))
     monkeypatch.undo()
     assert len(npz) == 1
@@ -123,3 +128,102 @@ def test_files_get_the_umask_permissions(umask, weights, images, tmp_path):
     dirs = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*") if p.is_dir()}
     assert {k: v for k, v in dirs.items() if v != oct(0o777 & ~umask)} == {}
     assert set(load_features(tmp_path / "export" / "features" / "a.png.npz")) == {"stage2", "stage4"}
+
+
+# -- never over what is not the export's own -------------------------------------------------------
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("convnext-backbone export: error: "), err
+    return lines[0].removeprefix("convnext-backbone export: error: ")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_refuses_to_write_over_its_inputs(weights, images, tmp_path, capsys):
+    """--out = the checkpoint directory (the rule every writer follows), a folder holding the export's own names that no export made
+    (a dataset's manifest.jsonl, a features/ folder), an image folder whose features/ holds inputs:
+    refused in one line, nothing written. An --out that only shares a folder with images is fine."""
+    before = _tree(weights)
+    msg = _one_line_error(capsys, cli(_export(weights, images, weights)))
+    assert msg == f"--out {weights} is the input {weights}: the output would replace it; choose another output directory"
+    assert _tree(weights) == before
+
+    data = tmp_path / "data"
+    (data / "features").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(data / "top.png")
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(data / "features" / "inner.png")  # an input where the export writes
+    (data / "manifest.jsonl").write_text('{"dataset": "mine"}\n')
+    before = _tree(data)
+    msg = _one_line_error(capsys, cli(_export(weights, data, data)))
+    assert msg == (f"--out {data} holds manifest.jsonl, features/ but no export_config.json, so it is not an export "
+                   "directory and the export would overwrite or delete what is there; choose another --out")
+    (data / "manifest.jsonl").unlink()
+    msg = _one_line_error(capsys, cli(_export(weights, data, data)))
+    assert msg.startswith(f"--out {data} holds features/ but no export_config.json")
+    assert _tree(data) == {k: v for k, v in before.items() if k != "manifest.jsonl"}
+
+    # an export directory already: its features/ is its own, but an input inside it is still refused
+    out = tmp_path / "out"
+    assert cli(_export(weights, images, out)) == 0
+    capsys.readouterr()
+    shutil.copy(data / "features" / "inner.png", out / "features" / "inner.png")
+    alias = tmp_path / "alias"
+    alias.symlink_to(out)  # the same folder by another name
+    msg = _one_line_error(capsys, cli(_export(weights, out, alias)))
+    assert msg == (f"--out {alias}: the input {out}/features/inner.png lies in its features/, which the export writes "
+                   "and clears itself; choose an --out away from the input images")
+
+    shutil.rmtree(data / "features")  # images and the export side by side: nothing of the user's is in the way
+    assert cli(_export(weights, data, data)) == 0
+    assert sorted(_tree(data)) == ["export_config.json", "features/top.png.safetensors", "manifest.jsonl", "top.png"]
+
+
+def _read_only(path: Path) -> list[str]:
+    """A command prefix that runs its command with ``path`` read-only: a read-only bind mount in a
+    private mount namespace as root (who writes through permission bits), permission bits otherwise."""
+    if os.geteuid() != 0:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(stat.S_IMODE(p.stat().st_mode) & ~0o222)
+        return []
+    return ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(path)]
+
+
+def test_rerun_on_a_read_only_out_is_one_line(weights, images, tmp_path):
+    """A finished export re-run where --out cannot be written (a read-only mount, a shared folder of
+    someone else's): one line saying so and how to check it instead; --verify works there."""
+    out = tmp_path / "out"
+    assert cli(_export(weights, images, out)) == 0
+    before = _tree(out)
+    prefix = _read_only(out)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CONVNEXT_DEBUG", None)
+    run = subprocess.run([*prefix, sys.executable, "-m", "convnext_backbone.cli", *_export(weights, images, out)],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines() == [
+        f"convnext-backbone export: error: --out {out} is not writable "
+        f"({'Read-only file system' if prefix else 'Permission denied'}): an export cannot run or resume there "
+        f"(to check a finished one: --verify {out})",
+    ]
+    verify = subprocess.run([*prefix, sys.executable, "-m", "convnext_backbone.cli", "export", "--verify", str(out), "--no-progress"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert verify.returncode == 0, verify.stderr[-3000:]
+    assert _tree(out) == before
+
+
+def test_show_mistakes_are_one_line(weights, images, tmp_path, capsys):
+    cases = [
+        (["--out", str(tmp_path / "fig.xyz")], f"--out {tmp_path / 'fig.xyz'}: cannot write a .xyz figure; use one of "),
+        (["--out", str(tmp_path / "fig.png"), "--size", "100"], "size must be a positive multiple of 32"),
+    ]
+    for extra, want in cases:
+        assert cli(["show", str(images / "a.png"), "--weights", str(weights), *extra]) == 2
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err, err
+    assert cli(["show", str(images / "bad.png"), "--weights", str(weights), "--out", str(tmp_path / "fig.png")]) == 2
+    assert "cannot identify image file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -9,21 +9,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import mmdet
 import pytest
 import torch
-from helpers import official_layer_id, randomize_
+from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 import mmdet_convnext  # noqa: F401  (registers MMDetConvNeXt & co)
 import mmseg_convnext  # noqa: F401
 import openmmlab_convnext
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_arch
-import mmdet
-from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from convnext_backbone.arch import config_from_arch
 from mmdet_convnext import MMDetConvNeXt
-from mmengine.config import Config
-from mmengine.registry import DefaultScope
 from mmseg_convnext import MMSegConvNeXt
+
+from helpers import official_layer_id, randomize_
 
 # MMDetection's packaged base config (what `mmdet::_base_/models/mask-rcnn_r50_fpn.py` names)
 MASK_RCNN = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / "mask-rcnn_r50_fpn.py"))

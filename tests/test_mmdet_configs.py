@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import mmdet_convnext  # noqa: F401
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import RUNNERS as ROOT_RUNNERS
 from mmengine.registry import DefaultScope
+
+import mmdet_convnext  # noqa: F401
 from openmmlab_convnext import check_in_channels
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mmdet"

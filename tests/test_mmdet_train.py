@@ -23,17 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-
-import pytest
-from helpers import REPO, log_tail, logged_scalars, run_logged, subprocess_env
-import torch
-
 import mmdet
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
 from convnext_backbone import CheckpointError
 from convnext_backbone.synthetic import SyntheticSpec, make_coco_split
 from mmdet_convnext.train import main as train_main
-from mmengine.registry import DefaultScope
 from openmmlab_convnext import checkpoint_problem, mmengine_checkpoint_globals
+
+from helpers import REPO, ctrl_c_note, log_tail, logged_scalars, run_logged, subprocess_env
 
 SMOKE = REPO / "configs" / "mmdet" / "smoke" / "mask_rcnn_convnextv2_atto_fpn_shapes.py"
 MMDET_TRAIN = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"  # MMDetection's own script
@@ -183,6 +183,8 @@ def test_training_learns_the_shapes(run):
         (["model.backbone.arch=convnext_gigantic"], r"MMDetConvNeXt backbone: unknown arch 'convnext_gigantic'"),
         (["model.backbone.out_indices=[0,1,2,4]"], r"MMDetConvNeXt backbone: invalid out_indices \[4\]"),
         (["model.backbone.layer_scale_init_value=1.0"], r"layer_scale_init_value=1\.0 is not allowed for ConvNeXt V2"),
+        (["model.backbone.drop_path=0.1"], r"OpenMMLabConvNeXt\.__init__\(\) got an unexpected keyword argument 'drop_path'"),
+        (["model.rpn_head.anchor_generatr.scales=[4]"], r"AnchorHead\.__init__\(\) got an unexpected keyword argument 'anchor_generatr'"),
     ],
 )
 def test_bad_config_stops_with_one_line_naming_the_problem(options, message, tmp_path, capsys):
@@ -190,6 +192,16 @@ def test_bad_config_stops_with_one_line_naming_the_problem(options, message, tmp
     line = _error_line(capsys.readouterr().err)
     assert rc == 2 and re.search(message, line), line
     assert not (tmp_path / "w").exists()  # stopped before the Runner made anything
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from mmdet_convnext.runner import ConvNeXtDetRunner
+
+    work = tmp_path / "work"
+    argv = [str(SMOKE), "--work-dir", str(work), "--cfg-options", *_data_options(tmp_path / "d")]
+    line = ctrl_c_note(train_main, ConvNeXtDetRunner, argv, work, capsys, monkeypatch)
+    assert line == (f"convnext-mmdet-train: interrupted; the last checkpoint is {work / 'iter_4.pth'}; "
+                    "add --resume to the same command to continue from it")
 
 
 def test_recipe_asks_for_amp_and_a_cpu_run_is_told_to_add_no_amp(tmp_path, capsys, monkeypatch):

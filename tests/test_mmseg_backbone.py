@@ -10,14 +10,15 @@ import re
 
 import pytest
 import torch
-from helpers import official_layer_id, randomize_
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import mmseg_convnext  # noqa: F401  (registers MMSegConvNeXt & co)
 from convnext_backbone import CheckpointError, ConvNextBackbone, ConvNextForImageClassification
-from convnext_backbone.config import config_from_preset_name
-from mmengine.model import BaseModule
-from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from convnext_backbone.arch import config_from_preset_name
 from mmseg_convnext import MMSegConvNeXt
+
+from helpers import official_layer_id, randomize_
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -232,7 +233,6 @@ def test_init_cfg_pretrained_mismatch_and_unsafe_files_are_refused(classifier_ck
 def test_a_deeper_backbone_checkpoint_is_refused_by_init_cfg_and_by_load_from(tmp_path, caplog):
     """init_cfg goes through the core (strict). ``load_from`` / resume went through mmengine non-strictly:
     a deeper backbone's extra blocks were an 'unexpected key' log line; now they name both architectures."""
-    import logging
 
     from mmseg_convnext.runner import ConvNeXtSegRunner
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import mmseg_convnext  # noqa: F401
-from convnext_backbone.config import PRESETS
 from mmengine.config import Config
 from mmseg.registry import MODELS
+
+import mmseg_convnext  # noqa: F401
+from convnext_backbone.presets import PRESETS
 from mmseg_convnext import check_segmentor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mmseg"

@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from convnext_backbone import CheckpointError, ConvNextBackbone, build_backbone
-from convnext_backbone.config import config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
 from transformers_convnext import (
     ConvNextBackboneConfig,
     ConvNextBackboneModel,
@@ -196,7 +196,7 @@ def test_hf_upernet_checkpoint_loads_with_our_backbone(version, tmp_path, pixels
     ours = from_hf_pretrained(tmp_path / "hf")
     assert type(ours) is UperNetForSemanticSegmentation and type(ours.backbone) is ConvNextBackboneModel
     assert ours.config.backbone_config.version == version and not ours.training
-    assert ours.backbone_load_report.source_format == "hf" and ours.backbone_load_report.ok
+    assert ours.load_report.source_format == "hf" and ours.load_report.ok
     with torch.no_grad():
         expected = ref(pixels).logits
         assert max_abs_diff(ours(pixels).logits, expected) <= TOL
@@ -278,7 +278,7 @@ def test_hf_detr_checkpoint_loads_with_our_backbone(tmp_path, pixels):
     ref = randomize_(DetrForObjectDetection(config), seed=5).eval()
     ref.save_pretrained(tmp_path)
     ours = from_hf_pretrained(tmp_path)
-    assert type(ours.model.backbone.model) is ConvNextBackboneModel and ours.backbone_load_report.ok
+    assert type(ours.model.backbone.model) is ConvNextBackboneModel and ours.load_report.ok
     mask = torch.ones(2, 64, 64, dtype=torch.long)
     with torch.no_grad():
         expected, got = ref(pixel_values=pixels, pixel_mask=mask), ours(pixel_values=pixels, pixel_mask=mask)

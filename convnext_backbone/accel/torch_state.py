@@ -71,11 +71,11 @@ def global_module_hooks() -> bool:
 def plain_execution(x: torch.Tensor) -> bool:
     """Eager CPU execution on a plain dense tensor that nothing records, transforms or intercepts."""
     return (
-        type(x) is torch.Tensor
+        not is_tracing()  # first: under a tracer even x.numel() is recorded
+        and type(x) is torch.Tensor
         and x.device.type == "cpu"
         and x.layout == torch.strided
         and x.numel() > 0
-        and not is_tracing()
         and not torch.is_autocast_enabled("cpu")
         and not torch._C._is_torch_function_mode_enabled()
         and not torch._C._len_torch_dispatch_stack()

@@ -6,18 +6,22 @@ import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
-from ..config import config_from_preset_name, list_presets
+from ..arch import config_from_preset_name
+from ..families import get_family
 from ..model import ConvNextBackbone, build_backbone
+from ..presets import list_presets
+from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ConvNextImageProcessor
 from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = [
-    "DEFAULT_FEATURES", "DTYPES", "add_model_arguments", "extract_features", "load_model", "model_from_args",
-    "model_fingerprint", "parse_features",
+    "DEFAULT_FEATURES", "DTYPES", "add_model_arguments", "add_preprocessing_arguments", "extract_features", "load_model",
+    "model_from_args", "model_fingerprint", "normalisation", "parse_features",
 ]
 
 DEFAULT_FEATURES = ("stage1", "stage2", "stage3", "stage4")
@@ -74,6 +78,37 @@ def load_model(
     return model.eval()
 
 
+def normalisation(model: torch.nn.Module, weights: str | os.PathLike | None = None,
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tuple[list[float], list[float], str]:
+    """``(mean, std, where from)`` to normalise the images for ``model``, by precedence: what the user
+    gave; a ``preprocessor_config.json`` beside the weights (``convert`` writes one); the weights'
+    family (``model.config.weights_family``); ImageNet's, said to be a guess."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both --image-mean and --image-std (or neither)")
+    if mean is not None:
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"--image-mean and --image-std take three values each (std > 0), got {list(mean)} and {list(std)}")
+        return [float(v) for v in mean], [float(v) for v in std], "given (--image-mean/--image-std)"
+    processor_file = Path(weights) / "preprocessor_config.json" if weights is not None and Path(weights).is_dir() else None
+    if processor_file is not None and processor_file.is_file():
+        processor = ConvNextImageProcessor.from_pretrained(processor_file)
+        return list(processor.image_mean), list(processor.image_std), f"{processor_file}"
+    family = getattr(getattr(model, "config", None), "weights_family", None)
+    if family:
+        f = get_family(family)
+        return list(f.mean), list(f.std), f"the weights family {f.name}"
+    return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet's (the weights' family is not known)"
+
+
+def add_preprocessing_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--image-mean`` / ``--image-std``, shared by ``export`` and ``show``."""
+    floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
+    p.add_argument("--image-mean", type=floats, default=None, metavar="R,G,B",
+                   help="normalisation mean of 0..1 RGB pixels (default: the weights' own: their preprocessor_config.json "
+                        "or weights family, else ImageNet's)")
+    p.add_argument("--image-std", type=floats, default=None, metavar="R,G,B", help="normalisation std (see --image-mean)")
+
+
 def add_model_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The model options shared by ``export``, ``export-onnx`` and ``show``."""
     p.add_argument("--weights", metavar="PATH", help="checkpoint file or directory, any supported format")
@@ -100,11 +135,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _as_batch(images: Any, resize: str, size: int) -> torch.Tensor:
+def _as_batch(images: Any, resize: str, size: int, model: torch.nn.Module) -> torch.Tensor:
     if isinstance(images, torch.Tensor) and images.ndim == 4 and images.is_floating_point():
         return images  # already preprocessed pixel_values
     items: Iterable[Any] = images if isinstance(images, (list, tuple)) else [images]
-    transform = make_transform(resize, size)
+    mean, std, _ = normalisation(model)
+    transform = make_transform(resize, size, mean, std)
     batch = []
     for im in items:
         if isinstance(im, (str, os.PathLike)):
@@ -131,7 +167,8 @@ def extract_features(
     ``images``: preprocessed ``pixel_values`` (a float N x 3 x H x W tensor, used as is), or one
     or a list of PIL images / HWC arrays / CHW tensors / file paths, preprocessed with
     ``resize`` (``letterbox`` or ``processor``, see ``convnext_backbone.export.images``) at
-    ``size``. ``features`` default to the model's ``out_features`` and must be among them.
+    ``size``, normalised as the weights expect (``normalisation``: their family, else ImageNet).
+    ``features`` default to the model's ``out_features`` and must be among them.
     Runs in eval mode under ``torch.inference_mode`` in chunks of ``batch_size`` on the model's
     device (the model's train/eval mode is restored afterwards); results stay on that device,
     cast to ``dtype`` if given.
@@ -149,7 +186,7 @@ def extract_features(
         dtype = DTYPES[dtype]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pixel_values = _as_batch(images, resize, size)
+    pixel_values = _as_batch(images, resize, size, model)
     param = next(model.parameters())
     was_training = model.training
     model.eval()

@@ -83,7 +83,7 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry]:
 
 
 def _entry_identity(entry: os.DirEntry) -> tuple[int, int]:
-    st = entry.stat(follow_symlinks=False)  # one lstat; a regular file, so no link to follow
+    st = entry.stat(follow_symlinks=False)  # one lstat; a regular file or directory, not a link
     return st.st_dev, st.st_ino
 
 
@@ -106,58 +106,76 @@ def _walk(root: Path, want, notes: list[str]) -> list[Path]:
     k - 1 met (round 0: from ``root``), in sorted order, depth first with sorted entries.
     An unreadable directory is an error naming it, not a silent omission.
     """
-    seen_dirs: dict[tuple[int, int], Path] = {}
-    seen_files: dict[tuple[int, int], Path] = {}
-    found: list[Path] = []
+    walker = _Walker(root, want, notes)
     starts = [root]
     while starts:
-        links: list[Path] = []
+        links: list[Path] = []  # the next round's starts: each crosses one more link
         for start in sorted(starts):
-            try:
-                st = os.stat(start)
-            except OSError:  # dangling or looping link: an input that will fail with its own error
-                if start != root and want(start):
-                    found.append(start)
-                continue
-            key = (st.st_dev, st.st_ino)
-            if not stat.S_ISDIR(st.st_mode):
-                if stat.S_ISREG(st.st_mode) and want(start):
-                    if key in seen_files:
-                        notes.append(f"{_shown(start, root)}: same file as {_shown(seen_files[key], root)}; exported once, as the latter")
-                    else:
-                        seen_files[key] = start
-                        found.append(start)
-                continue
-            if key in seen_dirs:
-                notes.append(f"{_shown(start, root)}/: directory already walked as {_shown(seen_dirs[key], root)}/; not walked again")
-                continue
-            seen_dirs[key] = start
-            stack = [iter(_sorted_entries(start))]  # pre-order, sorted: paths are met in sorted order
-            while stack:
-                entry = next(stack[-1], None)
-                if entry is None:
-                    stack.pop()
-                    continue
-                path = Path(entry.path)
-                if entry.is_symlink():
-                    links.append(path)  # the next round: it crosses one more link
-                elif entry.is_dir(follow_symlinks=False):
-                    dst = entry.stat(follow_symlinks=False)
-                    dkey = (dst.st_dev, dst.st_ino)
-                    if dkey in seen_dirs:  # a bind mount of a directory already walked
-                        notes.append(f"{_shown(path, root)}/: directory already walked as {_shown(seen_dirs[dkey], root)}/; not walked again")
-                    else:
-                        seen_dirs[dkey] = path
-                        stack.append(iter(_sorted_entries(path)))
-                elif entry.is_file(follow_symlinks=False) and want(path):
-                    fkey = _entry_identity(entry)
-                    if fkey in seen_files:
-                        notes.append(f"{_shown(path, root)}: same file as {_shown(seen_files[fkey], root)}; exported once, as the latter")
-                    else:
-                        seen_files[fkey] = path
-                        found.append(path)
+            walker.walk_from(start, links)
         starts = links
-    return found
+    return walker.found
+
+
+class _Walker:
+    """The state of one ``_walk``: the directories and files met so far (by device + inode), the
+    files found, in order, and a note for each thing met a second time."""
+
+    def __init__(self, root: Path, want, notes: list[str]):
+        self.root, self.want, self.notes = root, want, notes
+        self.seen_dirs: dict[tuple[int, int], Path] = {}
+        self.seen_files: dict[tuple[int, int], Path] = {}
+        self.found: list[Path] = []
+
+    def walk_from(self, start: Path, links: list[Path]) -> None:
+        """One start of a round, links followed: a file is listed, a directory walked."""
+        try:
+            st = os.stat(start)
+        except OSError:  # dangling or looping link: an input that will fail with its own error
+            if start != self.root and self.want(start):
+                self.found.append(start)
+            return
+        key = (st.st_dev, st.st_ino)
+        if not stat.S_ISDIR(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and self.want(start):
+                self._file(start, key)
+        elif self._first_visit(start, key):
+            self._tree(start, links)
+
+    def _tree(self, top: Path, links: list[Path]) -> None:
+        """Pre-order, sorted entries (paths are met in sorted order), no link followed: each symlink
+        met is appended to ``links``."""
+        stack = [iter(_sorted_entries(top))]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                links.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                if self._first_visit(path, _entry_identity(entry)):  # not: a bind mount of a directory already walked
+                    stack.append(iter(_sorted_entries(path)))
+            elif entry.is_file(follow_symlinks=False) and self.want(path):
+                self._file(path, _entry_identity(entry))
+
+    def _first_visit(self, path: Path, key: tuple[int, int]) -> bool:
+        """Whether the directory ``key`` is new (then it is marked seen as ``path``); a note if not."""
+        if key in self.seen_dirs:
+            self.notes.append(f"{_shown(path, self.root)}/: directory already walked as "
+                              f"{_shown(self.seen_dirs[key], self.root)}/; not walked again")
+            return False
+        self.seen_dirs[key] = path
+        return True
+
+    def _file(self, path: Path, key: tuple[int, int]) -> None:
+        """List a wanted file the first time its ``key`` is met; a note after that."""
+        if key in self.seen_files:
+            self.notes.append(f"{_shown(path, self.root)}: same file as {_shown(self.seen_files[key], self.root)}; "
+                              "exported once, as the latter")
+        else:
+            self.seen_files[key] = path
+            self.found.append(path)
 
 
 def _glob_parts_match(pattern: list[str], parts: list[str]) -> bool:
@@ -335,9 +353,12 @@ class ProcessorResize:
         return self.processor.preprocess_one(x), {"image_hw": [int(x.shape[-2]), int(x.shape[-1])]}
 
 
-def make_transform(resize: str = "letterbox", size: int = DEFAULT_SIZE) -> Letterbox | ProcessorResize:
+def make_transform(resize: str = "letterbox", size: int = DEFAULT_SIZE, mean=IMAGENET_DEFAULT_MEAN,
+                   std=IMAGENET_DEFAULT_STD) -> Letterbox | ProcessorResize:
+    """The preprocessing of ``resize`` at ``size``, normalising with ``mean``/``std`` (0..1 pixels, RGB:
+    the weights' own, see ``export.features.normalisation``)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not isinstance(size, int) or size < 32 or size % 32:
         raise ValueError(f"size must be a positive multiple of 32 (the stride of stage4), got {size!r}")
-    return Letterbox(size) if resize == "letterbox" else ProcessorResize(size)
+    return (Letterbox if resize == "letterbox" else ProcessorResize)(size, mean=mean, std=std)

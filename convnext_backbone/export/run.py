@@ -3,12 +3,16 @@
 Pipeline: the sorted input list is split across ``torchrun`` ranks (``paths[rank::world]``);
 DataLoader workers decode and preprocess; the main thread runs the model; writer threads
 serialise, checksum and atomically write one file per image and append its manifest line.
-See ``store.py`` for the directory layout and why a killed run resumes cleanly.
+See ``store.py`` for the directory layout and why a killed run resumes cleanly. One run at a
+time writes into an ``--out`` (``store.OutputLock``), and never over files it did not write:
+its inputs, a checkpoint directory, a folder that is not an export (``_check_out_is_ours``).
+Ctrl-C stops with one line saying how far it got; the same command resumes.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,12 +28,26 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..fileio import atomic_write
-from .features import DTYPES, add_model_arguments, autocast_for, model_fingerprint, model_from_args
-from .images import DEFAULT_SIZE, RESIZE_MODES, list_inputs, load_image, make_transform
+from ..cli_errors import UserError, interrupt_note, user_errors
+from ..fileio import atomic_write, check_not_overwriting
+from ..messages import shortened
+from .features import DTYPES, add_model_arguments, add_preprocessing_arguments, autocast_for, model_fingerprint, model_from_args, normalisation
+from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
-    CONFIG_NAME, FEATURES_DIR, FORMATS, MANIFEST_NAME, PARTIAL_DIR, PARTS_DIR, ManifestPart, merge_manifest,
-    output_is_valid, read_manifest, serialize, verify_export,
+    CONFIG_NAME,
+    FEATURES_DIR,
+    FORMATS,
+    MANIFEST_NAME,
+    PARTIAL_DIR,
+    PARTS_DIR,
+    ManifestPart,
+    OutputLock,
+    describe_lock_record,
+    merge_manifest,
+    output_is_valid,
+    read_manifest,
+    serialize,
+    verify_export,
 )
 
 __all__ = ["ExportError", "add_arguments", "run", "run_export"]
@@ -38,7 +56,7 @@ _MAX_NOTES = 20
 _COMPARED = ("features", "dtype", "compute_dtype", "format", "preprocess", "norm_outputs", "model_sha256")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A problem with the arguments or the output directory, reported before any work."""
 
 
@@ -72,6 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "cells map back to pixels. processor: ConvNextImageProcessor(shortest_edge=--size), the "
                      "classification crop/warp")
     pre.add_argument("--size", type=int, default=DEFAULT_SIZE, help="input side in pixels, a multiple of 32 (default: %(default)s)")
+    add_preprocessing_arguments(pre)
     run_ = p.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
     run_.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -195,10 +214,65 @@ class _Writer:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0: list inputs, check/write the export config, clear stale temp files."""
-    inputs = list_inputs(args.input)
+_OWNED_DIRS = (FEATURES_DIR, PARTIAL_DIR, PARTS_DIR)  # written and cleared by the export only
+
+
+def _lock(out: Path, lock: OutputLock) -> list[str]:
+    """Take ``lock`` (``OutputInUse`` if another run holds it); -> notes for the user."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire()
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ExportError(f"--out {out} is not writable ({e.strerror}): an export cannot run or resume there "
+                          f"(to check a finished one: --verify {out})") from e
+    if lock.unsupported:
+        return [f"note: {lock.unsupported}; make sure no other export writes into it at the same time"]
+    if lock.previous:
+        return [f"note: taking over {out} from an export that did not finish ({describe_lock_record(lock.previous)})"]
+    return []
+
+
+def _check_out_is_ours(out: Path, inputs: InputList) -> None:
+    """Refuse an ``--out`` where the export would overwrite or delete files it did not write.
+
+    Its own names (``features/``, ``manifest.jsonl``, ``.partial/``...) in a folder without an
+    ``export_config.json`` (the first file every export writes) belong to someone else; and an
+    input image must not lie where the export writes and clears (``--out`` = the image folder
+    when that has a ``features/`` of its own). Inputs are compared by path, with the symlinks
+    above their common folder resolved (resolving each of millions of paths would cost minutes).
+    """
+    if not (out / CONFIG_NAME).exists():
+        found = [n + ("/" if n in _OWNED_DIRS else "") for n in (MANIFEST_NAME, *_OWNED_DIRS) if os.path.lexists(out / n)]
+        if found:
+            raise ExportError(
+                f"--out {out} holds {', '.join(found)} but no {CONFIG_NAME}, so it is not an export directory and the "
+                "export would overwrite or delete what is there; choose another --out"
+            )
+    real_out, root = os.path.realpath(out), str(inputs.root)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_out, real_root]) not in (real_out, real_root):
+        return  # neither folder holds the other
+    owned = {os.path.join(real_out, n): n for n in (*_OWNED_DIRS, CONFIG_NAME, MANIFEST_NAME)}
+    dirs = tuple(os.path.join(real_out, n) + os.sep for n in _OWNED_DIRS)
+    for p in map(str, inputs.paths):
+        q = real_root + p[len(root):] if p.startswith(root) else p
+        if q.startswith(dirs) or q in owned:
+            name = next(n for o, n in owned.items() if q == o or q.startswith(o + os.sep))
+            raise ExportError(
+                f"--out {out}: the input {p} lies in its {name}{'/' if name in _OWNED_DIRS else ''}, which the export "
+                f"writes and clears itself; choose an --out away from the input images"
+            )
+
+
+def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any], lock: OutputLock) -> dict[str, Any]:
+    """Rank 0: list inputs, lock ``out``, check it is ours to write, check/write the export config, clear stale temp files."""
+    inputs = list_inputs(args.input)
+    messages = _lock(out, lock)
+    _check_out_is_ours(out, inputs)
     cfg_path = out / CONFIG_NAME
     if cfg_path.is_file():
         old = {"compute_dtype": "auto", **json.loads(cfg_path.read_text())}  # exports from before --compute-dtype
@@ -212,10 +286,8 @@ def _prepare(args: argparse.Namespace, out: Path, config: dict[str, Any]) -> dic
     else:
         atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", fsync=True)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    notes = inputs.notes[:_MAX_NOTES] + (
-        [f"... and {len(inputs.notes) - _MAX_NOTES} more"] if len(inputs.notes) > _MAX_NOTES else []
-    )
-    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes,
+    notes = shortened(inputs.notes, _MAX_NOTES)
+    return {"root": str(inputs.root), "paths": [str(p) for p in inputs.paths], "notes": notes, "messages": messages,
             "run_id": f"{time.time_ns():020d}"}  # names the manifest part files only (removed at the end)
 
 
@@ -227,72 +299,118 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ExportError("--batch-size and --writer-threads must be >= 1 and --workers >= 0")
     if args.format == "npz" and args.dtype == "bfloat16":
         raise ExportError("npz (numpy) has no bfloat16; use --format safetensors or --dtype float16/float32")
+    try:  # the rule every writer follows; the images are checked against what the export owns (_check_out_is_ours)
+        check_not_overwriting([args.weights], args.out, directory=True)
+    except ValueError as e:
+        raise ExportError(f"--out {e}") from e
+
+
+def _resume_note(out: Path, paths: list[str]) -> str:
+    done = read_manifest(out, set(paths), fields=("status",))
+    n = sum(r["status"] == "ok" for r in done.values())
+    return f"run the same command again to resume ({n} of {len(paths)} images done)"
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """Run one export (one rank of it under torchrun); -> counts and timings of this rank."""
-    _check_args(args)
-    transform = make_transform(args.resize, args.size)
-    dtype = DTYPES[args.dtype]
+    with user_errors():  # a ValueError while setting up is a bad argument or checkpoint
+        _check_args(args)
+        make_transform(args.resize, args.size)  # checks --resize and --size before the model loads
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
     dist = _Dist(dist_device_type)
+    out = Path(args.out)
+    lock = OutputLock(out)  # taken by rank 0 for the ranks of this run
     try:
-        device = _device(args.device, dist.local_rank, dist.enabled)
         say = (lambda msg: print(msg, file=sys.stderr)) if dist.rank == 0 else (lambda msg: None)
-        model = model_from_args(args, warn=say)
-        compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
-        model.to(device=device, dtype=compute)
-        strides = dict(zip(model.out_features, model.strides))
-        config = {
-            "format_version": 1, "features": {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)},
-            "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
-            "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
-            "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
-                      "config": model.config.to_dict()},
-        }
-        out = Path(args.out)
-        plan: dict[str, Any] | None = None
-        if dist.rank == 0:
-            try:
-                plan = _prepare(args, out, config)
-            except (OSError, ValueError) as e:
-                plan = {"error": str(e)}
-        plan = dist.broadcast(plan)
-        if "error" in plan:
-            raise ExportError(plan["error"])
+        device, model = _load_model(args, dist, say)
+        with user_errors():
+            mean, std, normalised_by = normalisation(model, args.weights, args.image_mean, args.image_std)
+        transform = make_transform(args.resize, args.size, mean, std)
+        plan = _agree_on_plan(args, out, _export_config(args, model, transform, normalised_by), lock, dist)
+        for message in plan["messages"]:
+            say(message)
         for note in plan["notes"]:
             say(f"input: {note}")
+        stats, all_stats, outcome = _export_shard(args, model, device, transform, plan, out, dist)
+        if dist.rank == 0:
+            _summarise(stats, all_stats, outcome, plan, out, say)
+        return stats
+    finally:
+        lock.release()
+        dist.close()
 
-        root, ext = Path(plan["root"]), FORMATS[args.format]
-        items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
-        shard = items[dist.rank::dist.world]
+
+def _load_model(args: argparse.Namespace, dist: _Dist, say) -> tuple[torch.device, torch.nn.Module]:
+    """The model on this rank's device, in the compute dtype asked for."""
+    with user_errors():
+        device = _device(args.device, dist.local_rank, dist.enabled)
+        model = model_from_args(args, warn=say)
+    compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
+    return device, model.to(device=device, dtype=compute)
+
+
+def _export_config(args: argparse.Namespace, model: torch.nn.Module, transform, normalised_by: str) -> dict[str, Any]:
+    """What makes two exports the same export (``export_config.json``; a resume must match it).
+    The normalisation's values are in ``preprocess``; ``normalisation_from`` says where they came from."""
+    features = {n: {"stride": s, "channels": c} for n, s, c in zip(model.out_features, model.strides, model.channels)}
+    return {
+        "format_version": 1, "features": features,
+        "dtype": args.dtype, "compute_dtype": args.compute_dtype, "format": args.format, "preprocess": transform.describe(),
+        "norm_outputs": not args.no_output_norm, "model_sha256": model_fingerprint(model),
+        "normalisation_from": normalised_by, "weights_family": model.config.weights_family,
+        "model": {"weights": os.path.abspath(args.weights) if args.weights else None, "preset": args.preset,
+                  "config": model.config.to_dict()},
+    }
+
+
+def _agree_on_plan(args: argparse.Namespace, out: Path, config: dict[str, Any], lock: OutputLock, dist: _Dist) -> dict[str, Any]:
+    """Rank 0 checks --out, takes the lock and lists the inputs; every rank gets the same plan (or its error)."""
+    plan: dict[str, Any] | None = None
+    if dist.rank == 0:
+        try:
+            plan = _prepare(args, out, config, lock)
+        except (OSError, ValueError) as e:
+            plan = {"error": str(e)}
+    plan = dist.broadcast(plan)
+    if "error" in plan:
+        raise ExportError(plan["error"])
+    return plan
+
+
+def _export_shard(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, transform,
+                  plan: dict[str, Any], out: Path, dist: _Dist) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """This rank's share of the images -> (its stats, every rank's stats, rank 0: each image's outcome)."""
+    root, ext = Path(plan["root"]), FORMATS[args.format]
+    items = [(p, f"{FEATURES_DIR}/{Path(os.path.relpath(p, root)).as_posix()}{ext}") for p in plan["paths"]]
+    shard = items[dist.rank::dist.world]
+    outcome: dict[str, str] = {}
+    with interrupt_note(lambda: _resume_note(out, plan["paths"]) if dist.rank == 0 else None):
         done = read_manifest(out, {s for s, _ in shard}, fields=("status", "output", "bytes", "sha256"))
         tmp_dir = out / PARTIAL_DIR / f"rank{dist.rank:05d}"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         part = ManifestPart(out / PARTS_DIR / f"{plan['run_id']}-rank{dist.rank:05d}.jsonl")
-        writer = _Writer(out, args.format, strides, part, tmp_dir, dist.rank)
+        writer = _Writer(out, args.format, dict(zip(model.out_features, model.strides)), part, tmp_dir, dist.rank)
         try:
-            stats = _process(args, model, device, dtype, transform, shard, done, out, writer, show=dist.rank == 0)
+            stats = _process(args, model, device, DTYPES[args.dtype], transform, shard, done, out, writer, show=dist.rank == 0)
         finally:
             part.close()
-
         all_stats = dist.gather(stats)
         if dist.rank == 0:
             outcome = merge_manifest(out)
             shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-            stats["total"] = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
-            failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
-            t = stats["total"]
-            say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
-                f"-> {out / MANIFEST_NAME}")
-            for p, why in failures[:20]:
-                say(f"  failed: {p}: {why}")
-            if len(failures) > 20:
-                say(f"  ... and {len(failures) - 20} more (status \"error\" in the manifest)")
-            stats["failures"] = failures
-        return stats
-    finally:
-        dist.close()
+    return stats, all_stats, outcome
+
+
+def _summarise(stats: dict[str, Any], all_stats: list[dict[str, Any]], outcome: dict[str, str], plan: dict[str, Any],
+               out: Path, say) -> None:
+    """Rank 0: the totals over all ranks and the failed images, printed and added to ``stats``."""
+    stats["total"] = t = {k: sum(s[k] for s in all_stats) for k in ("written", "skipped", "failed", "images")}
+    failures = [(p, outcome[p]) for p in plan["paths"] if outcome.get(p, "ok") != "ok"]
+    say(f"export: {t['images']} images: {t['written']} written, {t['skipped']} already done, {t['failed']} failed "
+        f"-> {out / MANIFEST_NAME}")
+    for line in shortened([f"failed: {p}: {why}" for p, why in failures], 20, 'more (status "error" in the manifest)'):
+        say(f"  {line}")
+    stats["failures"] = failures
 
 
 def _process(args, model, device, dtype, transform, shard, done, out, writer: _Writer, show: bool) -> dict[str, Any]:
@@ -349,9 +467,5 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"verify: {counts['ok']} files ok ({counts['error']} images recorded as failed) in {args.verify}")
         return 0
-    try:
-        run_export(args)
-    except (ValueError, FileNotFoundError) as e:  # bad arguments, checkpoint or output dir (ExportError, CheckpointError)
-        print(f"convnext-backbone export: error: {e}", file=sys.stderr)
-        return 2
+    run_export(args)  # errors and Ctrl-C: one line each (cli_errors.run_cli)
     return 0

@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..cli_errors import user_errors
 from ..fileio import atomic_write, check_not_overwriting
-from .features import add_model_arguments, extract_features, model_from_args
+from .features import add_model_arguments, add_preprocessing_arguments, extract_features, model_from_args, normalisation
 from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = ["add_arguments", "pca_rgb", "render", "run"]
@@ -88,17 +88,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FIG.png", help="where to write the figure (png, pdf, svg)")
     add_model_arguments(p)
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="letterbox side, a multiple of 32 (default: %(default)s)")
+    add_preprocessing_arguments(p)
+
+
+def _check_format(out: str) -> None:
+    """The figure's format (its suffix) is one matplotlib writes: said before any work, not after."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(out).suffix.lstrip(".").lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ValueError(f"--out {out}: cannot write a .{fmt} figure; use one of {', '.join('.' + k for k in sorted(known))}")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with user_errors():  # a bad image, size, figure format or checkpoint: one line (cli_errors.run_cli)
         check_not_overwriting([args.image, args.weights], args.out)
+        _check_format(args.out)
         model = model_from_args(args)
         image, _ = load_image(args.image)
-        pixel_values, geometry = make_transform("letterbox", args.size)(image)
-    except (ValueError, OSError) as e:
-        print(f"convnext-backbone show: error: {e}", file=sys.stderr)
-        return 2
+        mean, std, _ = normalisation(model, args.weights, args.image_mean, args.image_std)
+        pixel_values, geometry = make_transform("letterbox", args.size, mean, std)(image)
     feats = extract_features(model, pixel_values[None])
     model_name = Path(args.weights).name if args.weights else f"{args.preset} (RANDOM weights)"
     title = f"{Path(args.image).name} through {model_name}, letterbox {args.size}"

@@ -8,6 +8,7 @@
     manifest.parts/        per-run, per-rank lines appended (and flushed) as files complete;
                            merged into manifest.jsonl and removed when a run finishes
     .partial/              temp files; a file is renamed into features/ only once complete
+    .export.lock           while a run writes: its lock and who holds it (``OutputLock``)
 
 Why: a file in ``features/`` is either complete or absent (``fileio.atomic_write``: temp file +
 fsync + ``os.replace``), and its manifest line is written only after the rename, so a killed
@@ -18,26 +19,33 @@ run ids in any file that stays (the part files' names carry one; they are remove
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
+import socket
 import struct
+import sys
 import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..cli_errors import UserError
 from ..fileio import atomic_write, safetensors_bytes
 
 __all__ = [
-    "CONFIG_NAME", "FEATURES_DIR", "FORMATS", "MANIFEST_NAME", "PARTS_DIR", "PARTIAL_DIR",
-    "ManifestPart", "describe_file", "load_features", "merge_manifest", "read_manifest",
+    "CONFIG_NAME", "FEATURES_DIR", "FORMATS", "LOCK_NAME", "MANIFEST_NAME", "PARTS_DIR", "PARTIAL_DIR",
+    "ManifestPart", "OutputInUse", "OutputLock", "describe_file", "describe_lock_record", "load_features", "merge_manifest", "read_manifest",
     "serialize", "sha256_file", "verify_export",
 ]
 
@@ -46,6 +54,7 @@ MANIFEST_NAME = "manifest.jsonl"
 PARTS_DIR = "manifest.parts"
 FEATURES_DIR = "features"
 PARTIAL_DIR = ".partial"
+LOCK_NAME = ".export.lock"
 FORMATS = {"safetensors": ".safetensors", "npz": ".npz"}
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
@@ -123,6 +132,98 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# -- lock ---------------------------------------------------------------------------------------
+class OutputInUse(UserError):
+    """Another export is writing into the same directory."""
+
+
+class OutputLock:
+    """One export run at a time writes into an output directory.
+
+    ``fcntl.flock`` on ``OUT/.export.lock``: the kernel drops the lock when the process that
+    holds it ends, however it ends (``kill -9`` too), so a lock left by a killed run is simply
+    taken (and said so); no pid guessing, no time-outs. The file records the holder (pid, host,
+    start time, command) for the message a refused run shows, and is removed when the run ends,
+    so a finished export directory holds nothing that changes from run to run. Under torchrun
+    rank 0 holds it for the whole run (the ranks of one run share it). On a file system without
+    ``flock`` (or a system without ``fcntl``) the run goes on unlocked (``unsupported`` says why).
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK_NAME
+        self._fd: int | None = None
+        self.previous: dict[str, Any] | None = None  # the record a run that did not finish left
+        self.unsupported: str | None = None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock; ``OutputInUse`` naming the holder if another run has it."""
+        try:
+            import fcntl  # POSIX only: imported here, the package stays importable elsewhere
+        except ImportError:
+            self.unsupported = f"{self.path.parent} cannot be locked on this system (no fcntl)"
+            return self
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_record(fd)
+                os.close(fd)
+                raise OutputInUse(f"another export is writing into {self.path.parent} ({describe_lock_record(holder)}); wait for it "
+                                  "to finish, or stop it and run the same command again to resume") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self.unsupported = f"{self.path.parent} cannot be locked ({e.strerror})"
+                return self
+            # the run before may have removed the file between our open and our flock: retry on the new one
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            st = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino):
+                break
+            os.close(fd)
+        else:
+            raise OSError(f"{self.path}: could not take the lock (the file kept being replaced)")
+        self._fd = fd
+        self.previous = _read_record(fd) or None
+        record = json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        }).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()  # while still held: a run that opened it meanwhile sees it gone and retries
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_record(fd: int) -> dict[str, Any]:
+    try:
+        rec = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def describe_lock_record(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "it has not recorded itself yet"
+    return (f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}: "
+            f"{record.get('command')}")
+
+
 # -- manifest ---------------------------------------------------------------------------------
 class ManifestPart:
     """One run's, one rank's manifest lines: appended and flushed as each file completes."""
@@ -130,7 +231,7 @@ class ManifestPart:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115  (held open for appends; closed by close())
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:

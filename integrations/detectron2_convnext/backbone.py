@@ -15,7 +15,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
 from convnext_backbone import ConvNextBackbone, ConvNextConfig
-from convnext_backbone.config import config_from_arch, in_callers_terms
+from convnext_backbone.arch import config_from_arch
+from convnext_backbone.messages import in_callers_terms
 
 __all__ = ["D2ConvNeXt", "build_convnext_backbone", "build_convnext_fpn_backbone", "convnext_config_from_cfg", "find_convnext"]
 

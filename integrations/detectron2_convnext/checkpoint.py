@@ -20,13 +20,13 @@ import os
 import re
 
 import numpy as np
-
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from convnext_backbone import CheckpointError
 from convnext_backbone.convert import convert_state_dict, describe_mismatch, load_converted, match_converted, read_checkpoint
 from convnext_backbone.fileio import atomic_write
+from convnext_backbone.messages import shortened
 
 from .backbone import find_convnext
 
@@ -69,7 +69,11 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             # the core's reader: safetensors, and .pkl through an unpickler that only allows numpy
             state, _ = read_checkpoint(filename)
             return {"model": state, "__author__": "convnext_backbone", "__source__": filename}
-        loaded = super()._load_file(filename)
+        try:
+            loaded = super()._load_file(filename)
+        except Exception:  # fvcore's torch.load: a truncated or non-checkpoint file
+            read_checkpoint(filename)  # the core's reader says what is wrong with it, in one line (CheckpointError)
+            raise
         if not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in loaded["model"].values()):
             # a wrapped state dict ({'state_dict': ...}, {'module': ...}): the core unwraps it
             loaded = {"model": read_checkpoint(filename)[0]}
@@ -126,7 +130,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             errs = report.errors()
             self.logger.warning(
                 f"[ConvNextCheckpointer] {source}: {len(errs)} backbone tensors did not fit and stay at init "
-                f"(non-strict load):\n  " + "\n  ".join(errs[:20]) + (f"\n  ... and {len(errs) - 20} more" if len(errs) > 20 else "")
+                f"(non-strict load):\n  " + "\n  ".join(shortened(errs))
             )
         norms = sorted({prefix + k.split(".")[0] for k in report.initialized})
         self.logger.info(
@@ -136,7 +140,7 @@ class ConvNextCheckpointer(DetectionCheckpointer):
             f"{', '.join(self._outside_groups(prefix)) or 'nothing else'}"
             + (f"\n  not used: {len(report.dropped)} tensors ({', '.join(sorted({w for _, w in report.dropped}))})" if report.dropped else "")
         )
-        self.last_load_report = report
+        self.load_report = report
 
     def _outside_groups(self, prefix: str) -> list[str]:
         """Module groups outside the trunk (FPN, RPN, ROI heads), for the load log."""

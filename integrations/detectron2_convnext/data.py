@@ -6,7 +6,7 @@ either a multi-scale resize (short side 480..800, long side <= 1333) or resize (
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from detectron2.data import DatasetMapper

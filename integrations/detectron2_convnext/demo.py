@@ -103,43 +103,10 @@ def main(argv=None) -> dict:
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.logger import setup_logger
-
-    from .synthetic import SyntheticSpec, make_coco_split, register_coco
-    from .train_net import Trainer
-
-    cfg = build_cfg(args, out)
-    seed_all_rng(cfg.SEED)  # same data, init and sampling on every run (up to thread-count effects)
-    # Detectron2's full log goes to train/log.txt; the console shows the steps and the progress bar.
-    for name in ("detectron2", "fvcore", "detectron2_convnext"):
-        setup_logger(cfg.OUTPUT_DIR, name=name, configure_stdout=False)
-
-    print(f"[1/4] generating a COCO-format dataset of coloured shapes in {out / 'data'}")
-    train_name, val_name = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
-    size = args.image_size
-    train = make_coco_split(out / "data", "train", SyntheticSpec(num_images=args.train_images, image_size=size, seed=args.seed))
-    val = make_coco_split(out / "data", "val", SyntheticSpec(num_images=args.val_images, image_size=size, seed=args.seed + 1))
-    register_coco(train_name, train.json_file, train.image_root)
-    register_coco(val_name, val.json_file, val.image_root)
-    print(f"      train: {train.num_images} images / {train.num_annotations} instances, val: {val.num_images} / {val.num_annotations}")
-
-    print(f"[2/4] training Mask R-CNN with a {cfg.MODEL.CONVNEXT.NAME} backbone (random init) on {cfg.MODEL.DEVICE}, "
-          f"{cfg.SOLVER.MAX_ITER} iterations x {cfg.SOLVER.IMS_PER_BATCH} images (log: {Path(cfg.OUTPUT_DIR) / 'log.txt'})")
-    t0 = time.time()
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    # Detectron2 evaluates with COCOEvaluator when training ends; pycocotools' own prints go to a file
-    with open(Path(cfg.OUTPUT_DIR) / "cocoeval.txt", "w") as sink, contextlib.redirect_stdout(sink):
-        results = trainer.train()
-    train_s = time.time() - t0
-
-    print(f"[3/4] COCOEvaluator on {val_name} (tables in {Path(cfg.OUTPUT_DIR) / 'log.txt'})")
-    box, mask = results["bbox"], results["segm"]
-    print(f"      box  AP {box['AP']:5.1f}   AP50 {box['AP50']:5.1f}   AP75 {box['AP75']:5.1f}")
-    print(f"      mask AP {mask['AP']:5.1f}   AP50 {mask['AP50']:5.1f}   AP75 {mask['AP75']:5.1f}")
-
+    cfg = _setup(args, out)
+    val_name = make_datasets(cfg, args, out)
+    trainer, results, train_s = train_and_evaluate(cfg)
+    box, mask = _print_ap(cfg, val_name, results)
     png = draw_predictions(cfg, trainer.model, val_name, out / "predictions.png")
     print(f"[4/4] predictions (right) next to ground truth (left): {png}")
     summary = {
@@ -154,6 +121,59 @@ def main(argv=None) -> dict:
     print(f"done in {summary['total_seconds']:.0f} s (training and evaluation {train_s:.0f} s); results in {out / 'results.json'}")
     return summary
 
+
+def _setup(args, out: Path):
+    """The frozen config, the random generators seeded (same data, init and sampling on every run, up
+    to thread-count effects), Detectron2's full log to train/log.txt (the console shows the steps
+    and the progress bar)."""
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.logger import setup_logger
+
+    cfg = build_cfg(args, out)
+    seed_all_rng(cfg.SEED)
+    for name in ("detectron2", "fvcore", "detectron2_convnext"):
+        setup_logger(cfg.OUTPUT_DIR, name=name, configure_stdout=False)
+    return cfg
+
+
+def make_datasets(cfg, args, out: Path) -> str:
+    """Step 1: the train and val splits written under ``out/data`` and registered under the config's
+    dataset names; returns the val name."""
+    from .synthetic import SyntheticSpec, make_coco_split, register_coco
+
+    print(f"[1/4] generating a COCO-format dataset of coloured shapes in {out / 'data'}")
+    train_name, val_name = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
+    size = args.image_size
+    train = make_coco_split(out / "data", "train", SyntheticSpec(num_images=args.train_images, image_size=size, seed=args.seed))
+    val = make_coco_split(out / "data", "val", SyntheticSpec(num_images=args.val_images, image_size=size, seed=args.seed + 1))
+    register_coco(train_name, train.json_file, train.image_root)
+    register_coco(val_name, val.json_file, val.image_root)
+    print(f"      train: {train.num_images} images / {train.num_annotations} instances, val: {val.num_images} / {val.num_annotations}")
+    return val_name
+
+
+def train_and_evaluate(cfg):
+    """Step 2: ``(trainer, COCOEvaluator results, seconds)``; Detectron2 evaluates when training ends,
+    pycocotools' own prints go to train/cocoeval.txt."""
+    from .train_net import Trainer
+
+    print(f"[2/4] training Mask R-CNN with a {cfg.MODEL.CONVNEXT.NAME} backbone (random init) on {cfg.MODEL.DEVICE}, "
+          f"{cfg.SOLVER.MAX_ITER} iterations x {cfg.SOLVER.IMS_PER_BATCH} images (log: {Path(cfg.OUTPUT_DIR) / 'log.txt'})")
+    t0 = time.time()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with open(Path(cfg.OUTPUT_DIR) / "cocoeval.txt", "w") as sink, contextlib.redirect_stdout(sink):
+        results = trainer.train()
+    return trainer, results, time.time() - t0
+
+
+def _print_ap(cfg, val_name: str, results: dict) -> tuple[dict, dict]:
+    """Step 3: box and mask AP / AP50 / AP75; returns the two result dicts."""
+    print(f"[3/4] COCOEvaluator on {val_name} (tables in {Path(cfg.OUTPUT_DIR) / 'log.txt'})")
+    box, mask = results["bbox"], results["segm"]
+    print(f"      box  AP {box['AP']:5.1f}   AP50 {box['AP50']:5.1f}   AP75 {box['AP75']:5.1f}")
+    print(f"      mask AP {mask['AP']:5.1f}   AP50 {mask['AP50']:5.1f}   AP75 {mask['AP75']:5.1f}")
+    return box, mask
 
 if __name__ == "__main__":
     main()

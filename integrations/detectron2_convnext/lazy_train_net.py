@@ -13,42 +13,38 @@ periodic checkpoints, evaluation, writers), with the pieces ``convnext-d2-train`
 the CPU fallbacks (``train.device`` cuda -> cpu, AMP off), ``COCOEvaluator(use_fast_impl=False)``
 where Detectron2's compiled ops are missing, and the same distributed behaviour: ``--num-gpus N``
 on a machine without CUDA runs N CPU processes (gloo) through Detectron2's ``launch``.
-Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 2).
+Mistakes stop with one ``convnext-d2-lazy-train: error: ...`` line (exit status 2); Ctrl-C with one
+line naming the last checkpoint and how to continue from it (exit status 130).
 """
 from __future__ import annotations
 
 import inspect
-import json
-import logging
-import os
 
-import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import DatasetCatalog
-from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
-from convnext_backbone.config import suggestion
-from convnext_backbone.fileio import atomic_write
+from convnext_backbone.cli_errors import config_error
+from convnext_backbone.messages import suggestion
 
-from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
+from . import _cli
+from ._cli import ProgressBar, TrainCommand, UserError, config_value
 from .checkpoint import ConvNextCheckpointer
-from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
-from .train_net import ProgressBar, _register_datasets
+from .distributed import cpu_sync_batchnorm, create_ddp_model
 
-__all__ = ["load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY"]
+__all__ = ["LazyTrainCommand", "load_config", "preflight", "build", "run", "main", "argument_parser", "STRICT_KEY"]
 
+EPILOG = __doc__  # the --help epilog (inside a class body, __doc__ is the class's)
 PROG = "convnext-d2-lazy-train"
 STRICT_KEY = "train.init_checkpoint_strict"  # ours: read by this script, not by Detectron2's
 LAZY_STRICT_HINT = (
     f"To load only the backbone tensors that fit (the rest are then listed as warnings), add {STRICT_KEY}=False "
     f"to the {PROG} command line."
 )
-logger = logging.getLogger("detectron2_convnext")
+SECTIONS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
 
 try:
     from hydra.errors import OverrideParseException
@@ -66,21 +62,15 @@ def _has_fast_coco_eval() -> bool:
     return True
 
 
-def _cpu_fallbacks(cfg) -> list[str]:
-    notes = []
-    if not torch.cuda.is_available():
-        if str(cfg.train.get("device", "cuda")).startswith("cuda"):
-            notes.append(f"CUDA is not available: train.device {cfg.train.get('device', 'cuda')} -> cpu")
-            cfg.train.device = "cpu"
-        if cfg.train.get("amp", {}).get("enabled", False):
-            notes.append("train.amp.enabled needs CUDA (Detectron2's AMPTrainer): disabled on CPU")
-            cfg.train.amp.enabled = False
+def _fast_coco_eval_fallback(cfg) -> list[str]:
+    """The recipes ask for the fast COCO evaluator; without detectron2's compiled ops use pycocotools."""
     evaluator = cfg.dataloader.get("evaluator")
-    if isinstance(evaluator, DictConfig) and "COCOEvaluator" in str(evaluator.get("_target_", "")):
-        if evaluator.get("use_fast_impl", True) and not _has_fast_coco_eval():
-            notes.append("COCOEvaluator use_fast_impl needs Detectron2's compiled ops (detectron2._C): using the pycocotools path")
-            evaluator.use_fast_impl = False
-    return notes
+    is_coco = isinstance(evaluator, DictConfig) and "COCOEvaluator" in str(evaluator.get("_target_", ""))
+    if is_coco and evaluator.get("use_fast_impl", True) and not _has_fast_coco_eval():
+        evaluator.use_fast_impl = False
+        return ["COCOEvaluator use_fast_impl needs Detectron2's compiled ops (detectron2._C): "
+                "using the pycocotools path"]
+    return []
 
 
 def _accepts(target, name: str) -> bool:
@@ -100,7 +90,7 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
         if key == STRICT_KEY or "=" not in item:
             continue  # our own key; a malformed item is left to the override parser
         parent_key, _, leaf = key.rpartition(".")
-        parent = cfg if not parent_key else _select(cfg, parent_key)
+        parent = cfg if not parent_key else config_value(cfg, parent_key)
         if not isinstance(parent, DictConfig) or leaf in parent:
             continue
         if "_target_" in parent:
@@ -108,67 +98,9 @@ def _check_override_keys(cfg, overrides: list[str]) -> None:
                 continue
             target = getattr(parent._target_, "__qualname__", parent._target_)
             raise UserError(f"override {item!r}: {target} takes no argument {leaf!r} (set at {parent_key})")
-        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent.keys()]
+        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent]
         close = suggestion(key, siblings, cutoff=0.6)
         raise UserError(f"override {item!r}: the config has no key {key}" + (f" (did you mean {close}?)" if close else ""))
-
-
-def _select(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def load_config(args):
-    """``(cfg, notes)``: the LazyConfig with the overrides applied and the fallbacks taken."""
-    if not args.config_file:
-        raise UserError("--config-file is required (a LazyConfig .py, e.g. configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py)")
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    check_no_flags_in_overrides(args.opts)
-    cfg = LazyConfig.load(args.config_file)
-    opts = list(args.opts or [])
-    _check_override_keys(cfg, opts)
-    try:
-        cfg = LazyConfig.apply_overrides(cfg, opts)
-    except _OVERRIDE_ERRORS as e:  # a malformed key=value
-        raise UserError(f"bad override in {opts}: {e}") from e
-    for section in ("model", "dataloader", "train", "optimizer", "lr_multiplier"):
-        if section not in cfg:
-            raise UserError(f"{args.config_file} defines no `{section}` (a LazyConfig for this script needs model, dataloader, train, optimizer, lr_multiplier)")
-    return cfg, _cpu_fallbacks(cfg)
-
-
-def _names(dataset_cfg) -> list[str]:
-    names = dataset_cfg.get("names", []) if isinstance(dataset_cfg, DictConfig) else []
-    return [names] if isinstance(names, str) else list(names)
-
-
-def preflight(args, cfg) -> None:
-    """As ``convnext-d2-train``'s: datasets registered, batch splits over the processes, model builds (meta)."""
-    _register_datasets(args)
-    known = set(DatasetCatalog.list())
-    loaders = ("test",) if args.eval_only else ("train", "test")
-    for split in loaders:
-        for name in _names(cfg.dataloader.get(split, {}).get("dataset")):
-            if name not in known:
-                raise UserError(
-                    f"dataloader.{split}.dataset.names: dataset {name!r} is not registered; register a COCO-format "
-                    f"dataset with --register-coco {name} JSON IMAGE_ROOT"
-                )
-    world = args.num_gpus * args.num_machines
-    batch = cfg.dataloader.train.get("total_batch_size")
-    if not args.eval_only and batch and batch % world:
-        raise UserError(f"dataloader.train.total_batch_size {batch} does not split evenly over {world} processes")
-    weights = cfg.train.get("init_checkpoint", "")
-    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
-    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
-        raise UserError(f"train.init_checkpoint not found: {weights}")
-    with torch.device("meta"):
-        instantiate(cfg.model)
 
 
 def _evaluate(cfg, model):
@@ -180,105 +112,128 @@ def _evaluate(cfg, model):
     return results
 
 
-def _write_results(cfg, results) -> None:
-    if comm.is_main_process() and results:
-        path = os.path.join(cfg.train.output_dir, "eval_results.json")
-        atomic_write(path, json.dumps(results, indent=2, default=float))
-
-
 class _Job:
     def __init__(self, cfg, model, trainer=None, start_iter=0):
         self.cfg, self.model, self.trainer, self.start_iter = cfg, model, trainer, start_iter
         self.results = None
 
 
-def build(args) -> _Job:
-    """Per-process: datasets, config, model (weights loaded) and, unless ``--eval-only``, the trainer."""
-    _register_datasets(args)
-    cfg, notes = load_config(args)
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detectron2_convnext")
-    for note in notes:
-        logger.warning(note)
-    setup_cpu_worker()
-    strict = bool(cfg.train.get("init_checkpoint_strict", True))
-    model = instantiate(cfg.model)
-    model.to(cfg.train.device)
-    model = cpu_sync_batchnorm(model)
-    if args.eval_only:
-        ConvNextCheckpointer(model, cfg.train.output_dir, strict=strict, strict_hint=LAZY_STRICT_HINT).resume_or_load(
-            cfg.train.init_checkpoint, resume=args.resume
-        )
-        return _Job(cfg, model)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
-    model = create_ddp_model(model, **cfg.train.get("ddp", {}))
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = ConvNextCheckpointer(
-        model, cfg.train.output_dir, strict=strict, strict_hint=LAZY_STRICT_HINT, trainer=trainer
-    )  # saves on rank 0 only
-    job = _Job(cfg, model, trainer)
+class LazyTrainCommand(TrainCommand):
+    """``convnext-d2-lazy-train``: a LazyConfig (``key=value`` overrides), the loop of Detectron2's
+    ``tools/lazyconfig_train_net.py`` with our checkpointer."""
 
+    prog = PROG
+    doc = EPILOG
+    device_key, amp_key = "train.device", "train.amp.enabled"
+    weights_key, strict_key, output_dir_key = "train.init_checkpoint", STRICT_KEY, "train.output_dir"
+    dataset_names_key = "dataloader.{split}.dataset.names"
+    dataset_names_help = "dataloader.*.dataset.names"
+    config_required = ("--config-file is required (a LazyConfig .py, e.g. "
+                       "configs/detectron2/lazy/mask_rcnn_convnext_tiny_fpn_3x_coco.py)")
+    strict_hint = LAZY_STRICT_HINT
+
+    def read_config(self, args):
+        try:
+            cfg = LazyConfig.load(args.config_file)
+        except Exception as e:  # the config is the user's Python: any error in it is theirs
+            raise config_error(args.config_file, e) from e
+        opts = list(args.opts or [])
+        _check_override_keys(cfg, opts)
+        try:
+            cfg = LazyConfig.apply_overrides(cfg, opts)
+        except _OVERRIDE_ERRORS as e:  # a malformed key=value
+            raise UserError(f"bad override in {opts}: {e}") from e
+        for section in SECTIONS:
+            if section not in cfg:
+                raise UserError(f"{args.config_file} defines no `{section}` "
+                                f"(a LazyConfig for this script needs {', '.join(SECTIONS)})")
+        return cfg
+
+    def cpu_fallbacks(self, cfg) -> list[str]:
+        return super().cpu_fallbacks(cfg) + _fast_coco_eval_fallback(cfg)
+
+    def check_batch(self, args, cfg) -> None:
+        world = args.num_gpus * args.num_machines
+        batch = cfg.dataloader.train.get("total_batch_size")
+        if batch and batch % world:
+            raise UserError(f"dataloader.train.total_batch_size {batch} does not split evenly over {world} processes")
+
+    def meta_model(self, cfg):
+        return instantiate(cfg.model)
+
+    def _model(self, cfg):
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        return cpu_sync_batchnorm(model)
+
+    def build_evaluation(self, args, cfg) -> _Job:
+        model = self._model(cfg)
+        self.load_weights(args, cfg, model)
+        return _Job(cfg, model)
+
+    def build_trainer(self, args, cfg) -> _Job:
+        model = self._model(cfg)
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+        train_loader = instantiate(cfg.dataloader.train)
+        model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+        trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+        checkpointer = ConvNextCheckpointer(
+            model, cfg.train.output_dir, strict=self.strict(cfg), strict_hint=self.strict_hint, trainer=trainer
+        )  # saves on rank 0 only
+        job = _Job(cfg, model, trainer)
+        trainer.register_hooks(_hooks(cfg, job, checkpointer))
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        job.start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+        return job
+
+    def train(self, cfg, job: _Job):
+        job.trainer.train(job.start_iter, cfg.train.max_iter)
+        return job.results
+
+    def evaluate(self, cfg, job: _Job):
+        return _evaluate(cfg, job.model)
+
+
+def _hooks(cfg, job: _Job, checkpointer) -> list:
+    """The hooks of Detectron2's ``lazyconfig_train_net.py``, the progress bar added; the periodic
+    evaluation keeps its results on the job (the trainer returns none)."""
     def evaluate():
-        job.results = _evaluate(cfg, model)
+        job.results = _evaluate(cfg, job.model)
         return job.results
 
     main = comm.is_main_process()
-    trainer.register_hooks([
+    writers = default_writers(cfg.train.output_dir, cfg.train.max_iter) if main else None  # they open files
+    return [
         hooks.IterationTimer(),
         ProgressBar() if main else None,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period) if main else None,
-    ])
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    job.start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
-    return job
+        hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main else None,
+    ]
 
 
-def _execute(job: _Job):
-    if job.trainer is None:
-        results = _evaluate(job.cfg, job.model)
-    else:
-        job.trainer.train(job.start_iter, job.cfg.train.max_iter)
-        results = job.results
-    _write_results(job.cfg, results)
-    return results
+_COMMAND = LazyTrainCommand()
+argument_parser = _COMMAND.argument_parser
+load_config = _COMMAND.load_config  # -> (cfg, notes): the overrides applied, the fallbacks taken
+preflight = _COMMAND.preflight      # as convnext-d2-train's: checks before any worker starts
+
+
+def build(args) -> _Job:
+    """Per-process: datasets, config, model (weights loaded) and, unless ``--eval-only``, the trainer."""
+    return _COMMAND.build(args)[1]
 
 
 def run(args):
     """The per-process job that Detectron2's ``launch`` runs: ``build``, then train or evaluate."""
-    return _execute(build(args))
-
-
-def _worker(args):
-    with user_errors(PROG):
-        job = build(args)
-    return _execute(job)
-
-
-def argument_parser():
-    parser = default_argument_parser(epilog=__doc__)
-    parser.prog = PROG
-    parser.add_argument(
-        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME (repeatable); use NAME in dataloader.*.dataset.names",
-    )
-    return parser
+    cfg, job = _COMMAND.build(args)
+    return _COMMAND.execute(args, cfg, job)
 
 
 def main(argv=None) -> int:
     """``convnext-d2-lazy-train``: parse, check, then hand over to Detectron2's ``launch``."""
-    args = argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
-
-    def check():
-        cfg, _ = load_config(args)
-        preflight(args, cfg)
-
-    return launch_cli(PROG, check, _worker, args)
+    return _cli.run(_COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -12,64 +12,44 @@ machine without CUDA, ``--num-gpus N`` runs N CPU processes (gloo) through the s
 (see ``detectron2_convnext.distributed``). ``--register-coco NAME JSON IMAGE_ROOT`` registers a
 COCO-format dataset in every worker. Evaluation results are also written to
 ``OUTPUT_DIR/eval_results.json``. A configuration mistake (unknown key, bad value, missing file,
-unregistered dataset, weights that do not fit) stops with one ``convnext-d2-train: error: ...``
-line and exit status 2; ``CONVNEXT_DEBUG=1`` shows the traceback instead.
+unregistered dataset or one whose files are missing, weights that do not fit or are not a
+checkpoint) stops with one ``convnext-d2-train: error: ...`` line and exit status 2;
+``CONVNEXT_DEBUG=1`` shows the traceback instead. Ctrl-C stops with one line naming the last
+checkpoint and how to continue from it (exit status 130).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import weakref
 
-import torch
+import yaml
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from tqdm import tqdm
 
-from convnext_backbone.config import suggestion
-from convnext_backbone.fileio import atomic_write
+from convnext_backbone.cli_errors import config_error
+from convnext_backbone.messages import suggestion
 
-from ._cli import UserError, check_no_flags_in_overrides, launch_cli, user_errors
+from . import _cli
+from ._cli import ProgressBar, TrainCommand, UserError
 from .checkpoint import ConvNextCheckpointer
 from .config import add_convnext_config
 from .data import build_train_mapper
-from .distributed import cpu_sync_batchnorm, create_ddp_model, setup_cpu_worker
+from .distributed import cpu_sync_batchnorm, create_ddp_model
 from .optim import build_convnext_optimizer
-from .synthetic import register_coco
 
-__all__ = ["Trainer", "ProgressBar", "load_config", "preflight", "setup", "build", "run", "main", "argument_parser"]
+__all__ = ["Trainer", "ProgressBar", "YacsTrainCommand", "load_config", "preflight", "setup", "build", "run", "main",
+           "argument_parser"]
 
+EPILOG = __doc__  # the --help epilog (inside a class body, __doc__ is the class's)
 PROG = "convnext-d2-train"
-logger = logging.getLogger("detectron2_convnext")
-
-
-class ProgressBar(HookBase):
-    """A tqdm bar over iterations with the latest total loss and lr (main process only)."""
-
-    def before_train(self):
-        t = self.trainer
-        self._bar = tqdm(total=t.max_iter, initial=t.start_iter, desc="train", unit="it", dynamic_ncols=True, mininterval=1.0)
-
-    def after_step(self):
-        storage = self.trainer.storage
-        post = {}
-        if "total_loss" in storage.histories():
-            post["loss"] = f"{storage.history('total_loss').latest():.3f}"
-        if "lr" in storage.histories():
-            post["lr"] = f"{storage.history('lr').latest():.2e}"
-        self._bar.set_postfix(post, refresh=False)
-        self._bar.update(1)
-
-    def after_train(self):
-        self._bar.close()
 
 
 class Trainer(DefaultTrainer):
@@ -133,20 +113,6 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
 
 
-def _cpu_fallbacks(cfg) -> list[str]:
-    """Official recipes assume CUDA (and AMP); on a CPU-only machine run them on CPU, loudly."""
-    notes = []
-    if torch.cuda.is_available():
-        return notes
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        notes.append(f"CUDA is not available: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED:
-        notes.append("SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer): disabled on CPU")
-        cfg.SOLVER.AMP.ENABLED = False
-    return notes
-
-
 def _config_keys(node, prefix="") -> list[str]:
     keys = []
     for k, v in node.items():
@@ -154,58 +120,53 @@ def _config_keys(node, prefix="") -> list[str]:
     return keys
 
 
-def load_config(args):
-    """``(cfg, notes)``: the frozen config with the command line applied, and the CPU fallbacks taken."""
-    if args.config_file and not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    check_no_flags_in_overrides(args.opts)
-    cfg = get_cfg()
-    add_convnext_config(cfg)
-    try:
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError) as e:  # yacs checks overrides with assert (odd-length list, unknown key)
-        msg = str(e.args[0]) if e.args else str(e)
-        unknown = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
-        if not unknown:
-            raise UserError(f"bad config override: {msg}") from e
-        key = unknown.group(1)
-        close = suggestion(key, _config_keys(cfg), cutoff=0.75)
-        where = "" if key in (args.opts or [])[::2] else f" (in {args.config_file})"
-        raise UserError(f"unknown config key {key}{where}" + (f"; did you mean {close}?" if close else "")) from e
-    notes = _cpu_fallbacks(cfg)
-    cfg.freeze()
-    return cfg, notes
+def _merge_error(args, cfg, e: Exception) -> UserError:
+    """yacs reports a bad override with ``assert`` / ``KeyError``: one line, with the closest key."""
+    msg = str(e.args[0]) if e.args else str(e)
+    unknown = re.match(r"Non-existent (?:config )?key: (\S+)", msg)
+    if not unknown:
+        return UserError(f"bad config override: {msg}")
+    key = unknown.group(1)
+    close = suggestion(key, _config_keys(cfg), cutoff=0.75)
+    where = "" if key in (args.opts or [])[::2] else f" (in {args.config_file})"
+    return UserError(f"unknown config key {key}{where}" + (f"; did you mean {close}?" if close else ""))
 
 
-def _register_datasets(args) -> None:
-    for name, json_file, image_root in args.register_coco or []:
-        if not os.path.isfile(json_file):
-            raise UserError(f"--register-coco {name}: annotation file not found: {json_file}")
-        if not os.path.isdir(image_root):
-            raise UserError(f"--register-coco {name}: image directory not found: {image_root}")
-        register_coco(name, json_file, image_root)
+class YacsTrainCommand(TrainCommand):
+    """``convnext-d2-train``: a yacs config (``KEY VALUE`` overrides), ``trainer_class`` builds and trains."""
 
+    prog = PROG
+    doc = EPILOG
+    device_key, amp_key = "MODEL.DEVICE", "SOLVER.AMP.ENABLED"
+    weights_key, strict_key, output_dir_key = "MODEL.WEIGHTS", "MODEL.CONVNEXT.STRICT_LOAD", "OUTPUT_DIR"
+    dataset_names_key = "DATASETS.{SPLIT}"
+    dataset_names_help = "DATASETS.TRAIN / DATASETS.TEST"
+    dataset_example = " (or use a name Detectron2 knows, e.g. coco_2017_train)"
 
-def preflight(args, cfg) -> None:
-    """Checks that stop a bad job in the launching process, before any worker starts.
+    def __init__(self, trainer_class=Trainer):
+        self.trainer_class = trainer_class  # travels to each worker with the command
 
-    The datasets are registered, ``SOLVER.IMS_PER_BATCH`` splits evenly over the processes,
-    a local ``MODEL.WEIGHTS`` exists, and the model builds (on the meta device: no memory, no
-    init), so backbone / head config mistakes surface here as one line.
-    """
-    _register_datasets(args)
-    known = set(DatasetCatalog.list())
-    for key in (("DATASETS.TEST",) if args.eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")):
-        for name in cfg.DATASETS.get(key.split(".")[1]):
-            if name not in known:
-                raise UserError(
-                    f"{key}: dataset {name!r} is not registered; register a COCO-format dataset with "
-                    f"--register-coco {name} JSON IMAGE_ROOT (or use a name Detectron2 knows, e.g. coco_2017_train)"
-                )
-    world = args.num_gpus * args.num_machines
-    if not args.eval_only:
+    def read_config(self, args):
+        cfg = get_cfg()
+        add_convnext_config(cfg)
+        try:
+            if args.config_file:
+                cfg.merge_from_file(args.config_file)
+            cfg.merge_from_list(args.opts)
+        except yaml.YAMLError as e:
+            raise config_error(args.config_file, e) from e
+        except (KeyError, AssertionError) as e:  # yacs checks overrides with assert (odd-length list, unknown key)
+            raise _merge_error(args, cfg, e) from e
+        return cfg
+
+    def load_config(self, args):
+        """``(cfg, notes)``: the frozen config with the command line applied, and the CPU fallbacks taken."""
+        cfg, notes = super().load_config(args)
+        cfg.freeze()
+        return cfg, notes
+
+    def check_batch(self, args, cfg) -> None:
+        world = args.num_gpus * args.num_machines
         try:  # SOLVER.REFERENCE_WORLD_SIZE: Detectron2 rescales the batch to the world size first
             batch = DefaultTrainer.auto_scale_workers(cfg, world).SOLVER.IMS_PER_BATCH
         except AssertionError as e:
@@ -215,89 +176,53 @@ def preflight(args, cfg) -> None:
                 f"SOLVER.IMS_PER_BATCH {batch} (the total over all processes) does not split evenly over "
                 f"{world} processes (--num-gpus {args.num_gpus} x --num-machines {args.num_machines})"
             )
-    weights = cfg.MODEL.WEIGHTS
-    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if weights and "://" not in weights and not resuming and not os.path.exists(weights):
-        raise UserError(f"MODEL.WEIGHTS not found: {weights}")
-    with torch.device("meta"):
-        META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+
+    def meta_model(self, cfg):
+        return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+
+    def build_trainer(self, args, cfg):
+        trainer = self.trainer_class(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer
+
+    def build_evaluation(self, args, cfg):
+        model = self.trainer_class.build_model(cfg)
+        self.load_weights(args, cfg, model)
+        return model
+
+    def train(self, cfg, job):
+        return job.train()
+
+    def evaluate(self, cfg, job):
+        return self.trainer_class.test(cfg, job)
 
 
-def setup(args):
-    """Per-process: the config, Detectron2's ``default_setup`` (logs, config dump, seed), our logger."""
-    cfg, notes = load_config(args)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2_convnext")
-    for note in notes:
-        logger.warning(note)
-    setup_cpu_worker()
-    return cfg
-
-
-def _write_results(cfg, results) -> None:
-    if comm.is_main_process() and results:
-        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-        atomic_write(path, json.dumps(results, indent=2, default=float))
+_COMMAND = YacsTrainCommand()
+argument_parser = _COMMAND.argument_parser
+load_config = _COMMAND.load_config  # -> (cfg, notes): frozen, the command line applied, the CPU fallbacks taken
+preflight = _COMMAND.preflight      # checks in the launching process, before any worker starts
+setup = _COMMAND.setup              # per process: config, default_setup, our logger
 
 
 def build(args, trainer_class=Trainer):
     """Per-process setup: datasets, config, then the trainer (or, with ``--eval-only``, the model)
     with its weights loaded. Returns ``(cfg, trainer_or_model)``."""
-    _register_datasets(args)
-    cfg = setup(args)
-    if args.eval_only:
-        model = trainer_class.build_model(cfg)
-        ConvNextCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.CONVNEXT.STRICT_LOAD).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return cfg, model
-    trainer = trainer_class(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return cfg, trainer
-
-
-def _execute(args, cfg, job, trainer_class=Trainer):
-    results = trainer_class.test(cfg, job) if args.eval_only else job.train()
-    _write_results(cfg, results)
-    return results
+    return YacsTrainCommand(trainer_class).build(args)
 
 
 def run(args, trainer_class=Trainer):
     """The per-process job that Detectron2's ``launch`` runs: ``build``, then train or evaluate."""
-    cfg, job = build(args, trainer_class)
-    return _execute(args, cfg, job, trainer_class)
-
-
-def _worker(args, trainer_class):
-    with user_errors(PROG):  # setup mistakes: one line; errors while training keep their traceback
-        cfg, job = build(args, trainer_class)
-    return _execute(args, cfg, job, trainer_class)
-
-
-def argument_parser():
-    parser = default_argument_parser(epilog=__doc__)
-    parser.prog = PROG
-    parser.add_argument(
-        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME (repeatable); use NAME in DATASETS.TRAIN / DATASETS.TEST",
-    )
-    return parser
+    command = YacsTrainCommand(trainer_class)
+    return command.execute(args, *command.build(args))
 
 
 def main(argv=None, *, trainer_class=Trainer):
     """``convnext-d2-train``: parse, check, then hand over to Detectron2's ``launch``.
 
     ``trainer_class``: a subclass of ``Trainer`` (e.g. with extra hooks) to run instead.
-    Returns the exit status (0, or 2 after a one-line error).
+    Returns the exit status (0, 2 after a one-line error, 130 after Ctrl-C).
     """
-    args = argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
-
-    def check():
-        cfg, _ = load_config(args)
-        preflight(args, cfg)
-
-    return launch_cli(PROG, check, _worker, args, trainer_class)
+    return _cli.run(YacsTrainCommand(trainer_class), argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from openmmlab_convnext import train as _shared
 from openmmlab_convnext.train import load_config
@@ -40,8 +40,9 @@ def preflight(cfg) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import mmdet_convnext  # noqa: F401  registers the backbone, optimizer constructor and runner
     from mmdet.registry import MODELS, RUNNERS
+
+    import mmdet_convnext  # noqa: F401  registers the backbone, optimizer constructor and runner
 
     from .runner import ConvNeXtDetRunner
 

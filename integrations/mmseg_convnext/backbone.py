@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from mmseg.registry import MODELS
 
-from convnext_backbone.config import resolve_arch
+from convnext_backbone.arch import resolve_arch
 from openmmlab_convnext.backbone import OpenMMLabConvNeXt
 
 __all__ = ["MMSegConvNeXt", "resolve_arch"]

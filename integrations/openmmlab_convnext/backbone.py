@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from mmengine.logging import print_log
@@ -44,10 +45,11 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import initialize
 
 from convnext_backbone import CheckpointError, ConvNextBackbone, load_checkpoint
-from convnext_backbone.config import (ConvNextConfig, config_from_arch, in_callers_terms, resolve_arch,
-                                      resolve_out_features_out_indices, stage_names_for)
+from convnext_backbone.arch import config_from_arch, resolve_arch
+from convnext_backbone.config import ConvNextConfig, resolve_out_features_out_indices, stage_names_for
 from convnext_backbone.convert import read_checkpoint
 from convnext_backbone.hub import resolve_pretrained
+from convnext_backbone.messages import in_callers_terms
 
 __all__ = ["OpenMMLabConvNeXt", "backbone_config", "out_features_from_indices"]
 
@@ -157,7 +159,6 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
         super().__init__(config)  # core model (its own init) + BaseModule(init_cfg=None)
         self.arch = arch
         self.init_cfg = copy.deepcopy(init_cfg)
-        self._mm_ready = True
 
     # -- OpenMMLab interface -------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
@@ -171,8 +172,6 @@ class OpenMMLabConvNeXt(ConvNextBackbone, BaseModule):
 
     def init_weights(self) -> None:
         """Apply ``init_cfg``: mmengine initializers first, then ``Pretrained`` through the core loader."""
-        if not getattr(self, "_mm_ready", False):  # called by the core constructor: its own init
-            return super().init_weights()
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg] if self.init_cfg else []
         pretrained = [c for c in cfgs if c.get("type") == "Pretrained"]
         others = [c for c in cfgs if c.get("type") != "Pretrained"]

@@ -53,7 +53,8 @@ import os.path as osp
 import pickle
 import re
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -6,16 +6,19 @@ Same flags as the frameworks' own ``tools/train.py`` (``--work-dir``, ``--resume
 mixes in ``openmmlab_convnext.runner.ConvNeXtRunnerMixin``): resume works under torch's
 ``weights_only=True`` default without turning it off, torchrun works on CPU, and configuration
 mistakes stop before training with one ``PROG: error: ...`` line instead of a shape error deep
-in a forward pass.
+in a forward pass. Ctrl-C stops with one line naming the last checkpoint and how to continue
+from it (exit status 130); both through ``convnext_backbone.cli_errors``, as every command here.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import os.path as osp
-import sys
-from typing import Any, Sequence
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 __all__ = ["build_parser", "load_config", "preflight", "main"]
 
@@ -47,9 +50,14 @@ def load_config(args: argparse.Namespace):
     from mmengine.config import Config
     from mmengine.logging import print_log
 
+    from convnext_backbone.cli_errors import config_error
+
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"config file not found: {args.config}")
-    cfg = Config.fromfile(args.config)
+    try:
+        cfg = Config.fromfile(args.config)
+    except Exception as e:  # the config is the user's Python: any error in it is theirs
+        raise config_error(args.config, e) from e
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -82,21 +90,45 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
+def _config_keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(map(str, node)).union(*(_config_keys(v) for v in node.values()))
+    if isinstance(node, (list, tuple)):
+        return set().union(*(_config_keys(v) for v in node))
+    return set()
+
+
+@contextlib.contextmanager
+def config_arguments(cfg) -> Iterator[None]:
+    """mmengine builds each object from a config dict (``cls(**args)``, passed on through
+    ``**kwargs``): a ``TypeError`` for an unexpected keyword that is a key of the config is a key
+    the class does not take, a mistake in the config, reported as one line."""
+    from convnext_backbone.cli_errors import DEBUG_ENV, UserError
+
+    try:
+        yield
+    except TypeError as e:
+        m = re.search(r"got an unexpected keyword argument '(\w+)'", str(e))
+        if not m or m.group(1) not in _config_keys(cfg.to_dict()) or os.environ.get(DEBUG_ENV):
+            raise
+        raise UserError(f"{e} (a key in the config or --cfg-options that it does not take?)") from e
+
+
 def preflight(cfg, models: Any, default_scope: str) -> None:
     """Build the model on the meta device (no memory, no init) and check it before any work.
 
-    Config mistakes (unknown arch, bad out_indices, neck/head in_channels that do not match the
-    backbone, AMP asked for on a machine without a GPU, a truncated checkpoint to resume from)
-    then stop in a second, before the Runner collects the environment, creates the work dir and
-    builds data loaders. (The Runner checks the resume checkpoint again, for the frameworks' own
-    ``tools/train.py``.)
+    Config mistakes (unknown arch, bad out_indices, an argument a model part does not take,
+    neck/head in_channels that do not match the backbone, AMP asked for on a machine without a
+    GPU, a truncated checkpoint to resume from) then stop in a second, before the Runner
+    collects the environment, creates the work dir and builds data loaders. (The Runner checks
+    the resume checkpoint again, for the frameworks' own ``tools/train.py``.)
     """
     import torch
     from mmengine.registry import DefaultScope
 
     from convnext_backbone import CheckpointError
 
-    from .runner import check_in_channels, resume_problem
+    from .runner import check_in_channels, checkpoint_problem, resume_problem
 
     if cfg.get("resume"):
         target = cfg.get("load_from")
@@ -107,13 +139,17 @@ def preflight(cfg, models: Any, default_scope: str) -> None:
         problem = resume_problem(target) if target else None
         if problem:
             raise CheckpointError(problem)
+    elif cfg.get("load_from") and "://" not in str(cfg.load_from):  # weights to start from, checked the same way
+        problem = checkpoint_problem(cfg.load_from)
+        if problem:
+            raise CheckpointError(f"load_from {cfg.load_from}: {problem}")
 
     wrapper = cfg.get("optim_wrapper") or {}
     if wrapper.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
         raise ValueError("the config trains with mixed precision (optim_wrapper type AmpOptimWrapper), which mmengine "
                          "runs on GPUs only; on this machine add --no-amp")
     # the config's scope for this build only: a library call leaves mmengine's global scope alone
-    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"):
+    with DefaultScope.overwrite_default_scope(cfg.get("default_scope", default_scope)), torch.device("meta"), config_arguments(cfg):
         model = models.build(cfg.model)
     check_in_channels(model)
 
@@ -123,26 +159,32 @@ def main(argv: Sequence[str] | None, *, parser: argparse.ArgumentParser, models:
     """Parse, check, build the Runner (``runner_cls`` unless the config names another) and train."""
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from convnext_backbone import CheckpointError
+    from convnext_backbone.cli_errors import interrupt_note, run_cli, training_resume_note, user_errors
 
-    runner = None
-    try:
-        cfg = load_config(args)
-        preflight(cfg, models, default_scope)
-        if cfg.get("runner_type") in (None, runner_cls.__name__, f"{default_scope}.{runner_cls.__name__}"):
-            runner = runner_cls.from_cfg(cfg)
-        else:
-            runner = runners.build(cfg)  # the user's choice of Runner: their resume semantics
-        runner.train()
-    except (ValueError, FileNotFoundError, CheckpointError, KeyError) as e:
-        if os.environ.get("CONVNEXT_DEBUG"):
-            raise
-        print(f"{parser.prog}: error: {e}\n(set CONVNEXT_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-    finally:
+    def resume_note(work_dir: str) -> str | None:
+        if int(os.environ.get("RANK", "0")):
+            return None  # said once, by rank 0
+        how = "add --resume to the same command" if args.resume is None else "run the same command with --resume and no path"
+        return training_resume_note(work_dir, args.resume == "auto", how)
+
+    def body() -> int:
         runner = None
-        _close_process_group()
-    return 0
+        try:
+            with user_errors():  # config mistakes surface while the Runner builds and starts, too
+                cfg = load_config(args)
+                preflight(cfg, models, default_scope)
+                with interrupt_note(lambda: resume_note(cfg.work_dir)), config_arguments(cfg):
+                    if cfg.get("runner_type") in (None, runner_cls.__name__, f"{default_scope}.{runner_cls.__name__}"):
+                        runner = runner_cls.from_cfg(cfg)
+                    else:
+                        runner = runners.build(cfg)  # the user's choice of Runner: their resume semantics
+                    runner.train()
+        finally:
+            runner = None
+            _close_process_group()
+        return 0
+
+    return run_cli(parser.prog, body)
 
 
 def _close_process_group() -> None:

@@ -20,8 +20,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from convnext_backbone import CheckpointError, LoadReport, load_checkpoint
 from convnext_backbone.convert import read_checkpoint
 from convnext_backbone.fileio import check_not_overwriting
 from convnext_backbone.hub import resolve_pretrained
+from convnext_backbone.messages import shortened
 
 from .configuration import ConvNextBackboneConfig
 from .modeling import ConvNextBackboneModel
@@ -95,13 +97,32 @@ def from_hf_pretrained(
     Everything but the backbone loads through transformers' own ``from_pretrained`` (its key
     conversions, dtype, shards); the backbone's tensors go through the core converter. Strict:
     any tensor of either part that does not fit raises ``CheckpointError``. Returns the model in
-    eval mode; ``model.backbone_load_report`` is the core's report.
+    eval mode; ``model.load_report`` is the core's report.
     """
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
-
     local = resolve_pretrained(pretrained)
     directory = local if local.is_dir() else local.parent
+    config = _config_with_our_backbone(directory, backbone_kwargs)
+    cls = _transformers_class(config, model_class)
+    model, info = _load_quietly(cls, directory, config)
+    prefix, backbone = find_backbone(model)
+    lead = f"{prefix}." if prefix else ""
+    report = _load_backbone_tensors(backbone, local, lead, strict)
+    foreign = _mismatches_outside_backbone(info, lead)
+    if strict and foreign:
+        raise CheckpointError(
+            f"{local}: outside the backbone, the checkpoint does not match {cls.__name__}:\n  "
+            + "\n  ".join(shortened(foreign, 20))
+        )
+    model.eval()
+    model.load_report = report
+    return model
+
+
+def _config_with_our_backbone(directory: Path, backbone_kwargs: Mapping[str, Any]) -> Any:
+    """The checkpoint's transformers config with its ``backbone_config`` translated to ours
+    (``backbone_kwargs`` applied); a ValueError for a config without a backbone."""
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(str(directory))
     source_backbone = getattr(config, "backbone_config", None)
     if source_backbone is None:
@@ -113,37 +134,39 @@ def from_hf_pretrained(
         config.backbone_config = source_backbone.with_overrides(**backbone_kwargs) if backbone_kwargs else source_backbone
     else:
         config.backbone_config = ConvNextBackboneConfig.from_hf_config(source_backbone, **backbone_kwargs)
-    cls = _transformers_class(config, model_class)
+    return config
+
+
+def _load_quietly(cls: type, directory: Path, config: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """transformers' own ``from_pretrained`` and its loading info, its log silenced: its report would
+    list the backbone tensors (loaded next, by the core converter) as missing/unexpected."""
+    from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report would list the backbone tensors loaded below as missing/unexpected
+    hf_logging.set_verbosity_error()
     try:
-        model, info = cls.from_pretrained(str(directory), config=config, output_loading_info=True)
+        return cls.from_pretrained(str(directory), config=config, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
-    prefix, backbone = find_backbone(model)
-    lead = f"{prefix}." if prefix else ""
 
+
+def _load_backbone_tensors(backbone: ConvNextBackboneModel, local: Path, lead: str, strict: bool) -> LoadReport:
+    """The checkpoint's backbone tensors (found under ``lead`` or the stem's prefix) through the core converter."""
     state = _read_state(local)
     disk_lead = _backbone_prefix_on_disk(state, lead, local)
     backbone_state = {k[len(disk_lead):]: v for k, v in state.items() if k.startswith(disk_lead)}
     try:
-        report = load_checkpoint(backbone.core_model, backbone_state, strict=strict)
+        return load_checkpoint(backbone.core_model, backbone_state, strict=strict)
     except CheckpointError as e:
         raise CheckpointError(f"{local}: the backbone tensors (under {disk_lead!r}): {e}") from None
 
-    # transformers reports, in the model's names, what it left to us: that must be the backbone and nothing else
+
+def _mismatches_outside_backbone(info: Mapping[str, Any], lead: str) -> list[str]:
+    """What transformers left unloaded, in the model's names, that is not the backbone (must be nothing)."""
     foreign = [f"missing from checkpoint: {k}" for k in sorted(info["missing_keys"]) if not k.startswith(lead)]
     foreign += [f"unexpected key in checkpoint: {k}" for k in sorted(info["unexpected_keys"]) if not k.startswith(lead)]
     foreign += [f"shape mismatch: {m}" for m in info.get("mismatched_keys", ())]
-    if strict and foreign:
-        raise CheckpointError(
-            f"{local}: outside the backbone, the checkpoint does not match {cls.__name__}:\n  " + "\n  ".join(foreign[:20])
-            + (f"\n  ... and {len(foreign) - 20} more" if len(foreign) > 20 else "")
-        )
-    model.eval()
-    model.backbone_load_report = report
-    return model
+    return foreign
 
 
 def _read_state(local: Path) -> dict[str, torch.Tensor]:
@@ -207,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"convert failed: {e}", file=sys.stderr)
         return 2
-    print(f"{type(model).__name__}: backbone {model.backbone_load_report.summary()}; saved to {args.dst}")
+    print(f"{type(model).__name__}: backbone {model.load_report.summary()}; saved to {args.dst}")
     return 0
 
 

@@ -18,30 +18,29 @@ try:  # transformers >= 5.x
 except ImportError:  # pragma: no cover - older 5.x layout
     from transformers.utils.backbone_utils import BackboneConfigMixin
 
-from convnext_backbone.config import CONFIG_CLASSES, ConvNextConfig, config_from_preset_name
+from convnext_backbone.arch import config_from_preset_name
+from convnext_backbone.config import CONFIG_CLASSES, FIELDS, ConvNextConfig, fields_in
+from convnext_backbone.presets import model_type_of_version, version_of
 
 __all__ = ["ConvNextBackboneConfig", "MODEL_TYPE"]
 
 MODEL_TYPE = "convnext_backbone"
 
-# version spellings -> canonical version; canonical version -> core model_type (= preset prefix)
-_VERSIONS = {"v1": "v1", "v2": "v2", "convnext": "v1", "convnextv2": "v2"}
-_CORE_TYPES = {"v1": "convnext", "v2": "convnextv2"}
-_HF_TYPES = {"convnext": "v1", "convnextv2": "v2"}  # transformers' own ConvNeXt configs
-
-# Fields shared with the core config (and, except the last three, with transformers' ConvNeXt configs).
-_SHAPE_FIELDS = (
-    "num_channels", "patch_size", "num_stages", "hidden_sizes", "depths", "hidden_act", "initializer_range",
-    "layer_norm_eps", "layer_scale_init_value", "drop_path_rate", "image_size",
-)
-_CORE_FIELDS = _SHAPE_FIELDS + ("norm_outputs", "frozen_stages", "channels_last")
+_SHAPE_FIELDS = fields_in("shape")  # shared with transformers' ConvNextConfig / ConvNextV2Config
+_CORE_FIELDS = fields_in("shape", "arch", "knob", "meta")  # shared with the core config
 
 
 def _version(value: Any) -> str:
-    version = _VERSIONS.get(str(value).strip().lower())
-    if version is None:
-        raise ValueError(f"version must be one of 'v1', 'v2' (or 'convnext', 'convnextv2'), got {value!r}")
-    return version
+    """Any spelling of a version (``'V2'``, ``'convnextv2'``) -> ``'v1'`` / ``'v2'``."""
+    return version_of(model_type_of_version(value))
+
+
+def _core_fields_namespace() -> dict[str, Any]:
+    """The core's fields with the core's defaults, as dataclass fields of the class below:
+    transformers' config machinery reads a config's fields from its class body, and the one
+    list of them is the core's ``FIELDS``. ``layer_scale_init_value=None`` means the version's."""
+    defaults = {name: FIELDS[name].default for name in _CORE_FIELDS}
+    return dict(defaults, layer_scale_init_value=None)
 
 
 class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -70,20 +69,8 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
     model_type = MODEL_TYPE
 
     version: str = "v1"
-    num_channels: int = 3
-    patch_size: int = 4
-    num_stages: int = 4
-    hidden_sizes: list[int] | tuple[int, ...] = (96, 192, 384, 768)
-    depths: list[int] | tuple[int, ...] = (3, 3, 9, 3)
-    hidden_act: str = "gelu"
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    layer_scale_init_value: float | None = None
-    drop_path_rate: float = 0.0
-    image_size: int = 224
-    norm_outputs: bool = True
-    frozen_stages: int = -1
-    channels_last: bool = True
+    vars().update(_core_fields_namespace())
+    __annotations__.update({name: "Any" for name in _core_fields_namespace()})
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -131,7 +118,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         kwargs: dict[str, Any] = {k: getattr(self, k) for k in _CORE_FIELDS}
         if self.version == "v2":
             kwargs["layer_scale_init_value"] = kwargs["layer_scale_init_value"] or 0.0
-        return CONFIG_CLASSES[_CORE_TYPES[self.version]](out_features=out_features, out_indices=out_indices, **kwargs)
+        return CONFIG_CLASSES[model_type_of_version(self.version)](out_features=out_features, out_indices=out_indices, **kwargs)
 
     def to_core_config(self) -> ConvNextConfig:
         """The core ``ConvNextConfig`` / ``ConvNextV2Config`` this config describes."""
@@ -140,7 +127,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
     @property
     def core_model_type(self) -> str:
         """``"convnext"`` or ``"convnextv2"``: the core's model type (and preset prefix)."""
-        return _CORE_TYPES[self.version]
+        return model_type_of_version(self.version)
 
     @property
     def strides(self) -> list[int]:
@@ -148,7 +135,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return self.to_core_config().strides
 
     # -- constructors -------------------------------------------------------------------------------
-    def with_overrides(self, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def with_overrides(self, **kwargs: Any) -> ConvNextBackboneConfig:
         """A new config with some fields changed (``out_features`` or ``out_indices`` replaces both)."""
         d = self.to_dict()
         for key in ("model_type", "transformers_version", "stage_names"):
@@ -160,17 +147,17 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return type(self)(**d)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_preset(cls, name: str, **kwargs: Any) -> ConvNextBackboneConfig:
         """``from_preset("convnextv2_tiny", out_features=[...], drop_path_rate=0.2)``; names as ``list_presets()``."""
         return cls.from_core_config(config_from_preset_name(name), **kwargs)
 
     @classmethod
-    def from_core_config(cls, core: ConvNextConfig, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_core_config(cls, core: ConvNextConfig, **kwargs: Any) -> ConvNextBackboneConfig:
         """From a core config; ``kwargs`` override its fields (and may set transformers' own ones)."""
         if not isinstance(core, ConvNextConfig):
             raise ValueError(f"expected a convnext_backbone ConvNextConfig / ConvNextV2Config, got {type(core).__name__}")
         fields: dict[str, Any] = {k: getattr(core, k) for k in _CORE_FIELDS}
-        fields["version"] = _VERSIONS[core.model_type]
+        fields["version"] = version_of(core.model_type)
         if "out_features" not in kwargs and "out_indices" not in kwargs:
             fields["out_features"] = core.out_features
         if core.gradient_checkpointing and "gradient_checkpointing" not in kwargs:
@@ -179,13 +166,13 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**fields)
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> "ConvNextBackboneConfig":
+    def from_hf_config(cls, hf_config: Any, **kwargs: Any) -> ConvNextBackboneConfig:
         """From transformers' ``ConvNextConfig`` / ``ConvNextV2Config`` (or their dicts), same outputs and weights."""
         d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
         model_type = d.get("model_type")
-        if model_type not in _HF_TYPES:
+        if model_type not in CONFIG_CLASSES:  # transformers' ConvNeXt model types are the core's
             raise ValueError(
-                f"expected a transformers ConvNeXt config (model_type one of {list(_HF_TYPES)}), got model_type {model_type!r}"
+                f"expected a transformers ConvNeXt config (model_type one of {list(CONFIG_CLASSES)}), got model_type {model_type!r}"
             )
         fields: dict[str, Any] = {k: d[k] for k in _SHAPE_FIELDS if d.get(k) is not None}
         patch = fields.get("patch_size")
@@ -196,7 +183,7 @@ class ConvNextBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         image = fields.get("image_size")
         if isinstance(image, (list, tuple)):
             fields["image_size"] = image[0]
-        fields["version"] = _HF_TYPES[model_type]
+        fields["version"] = version_of(model_type)
         if fields["version"] == "v2":
             fields.pop("layer_scale_init_value", None)
         if "out_features" not in kwargs and "out_indices" not in kwargs:

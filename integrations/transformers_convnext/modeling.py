@@ -62,9 +62,11 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
     has_attentions = False
 
     def __init__(self, config: ConvNextBackboneConfig):
-        super().__init__(config)
         core = CoreConvNextBackbone(config.to_core_config())
-        self.__dict__["core_model"] = core  # plain attribute: its modules are registered below, once
+        # A plain attribute (its modules are registered below, once), set before transformers'
+        # constructor, which already sets out_features and the training mode through this class.
+        self.__dict__["core_model"] = core
+        super().__init__(config)
         for name, child in core.named_children():
             self.add_module(name, child)
         for name, param in core.named_parameters(recurse=False):
@@ -108,9 +110,7 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
         self._set_outputs("out_indices", value)
 
     def _set_outputs(self, name: str, value: Any) -> None:
-        core = self.__dict__.get("core_model")
-        if core is None:  # BackboneMixin's own init: the core is built from the config just after
-            return
+        core = self.core_model
         setattr(core, name, value)  # validated by the core (ValueError naming the allowed values)
         self._modules.clear()  # adopt the core's children again, in its order
         for child_name, child in core.named_children():
@@ -118,31 +118,43 @@ class ConvNextBackboneModel(BackboneMixin, ConvNextBackbonePreTrainedModel):
         self.config.out_features = core.out_features  # the config's setter realigns out_indices
 
     # -- training mode, frozen stages, gradient checkpointing: the core's ---------------------------
-    def train(self, mode: bool = True) -> "ConvNextBackboneModel":
+    def train(self, mode: bool = True) -> ConvNextBackboneModel:
         """The core's ``train``: frozen stages stay in eval mode and without gradients.
 
         ``from_pretrained`` (of this class or of a model containing it) swaps in new parameters
         with ``requires_grad=True`` and ends with ``eval()``: the frozen ones are frozen again here.
         """
         super().train(mode)
-        core = self.__dict__.get("core_model")
-        if core is not None:
-            core.train(mode)  # keeps frozen stages in eval, sets the core's own flag
-            for name in getattr(self, "frozen_parameter_names", ()):
-                self.get_parameter(name).requires_grad_(False)
+        self.core_model.train(mode)  # keeps frozen stages in eval, sets the core's own flag
+        for name in getattr(self, "frozen_parameter_names", ()):  # set once the wrapper has adopted the core's parameters
+            self.get_parameter(name).requires_grad_(False)
         return self
 
     @property
     def gradient_checkpointing(self) -> bool:
-        core = self.__dict__.get("core_model")
-        return bool(core is not None and core.gradient_checkpointing)
+        return self.core_model.gradient_checkpointing
 
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, enable: bool) -> None:
         # transformers' gradient_checkpointing_enable()/disable() set this; the core checkpoints per block.
-        core = self.__dict__.get("core_model")
-        if core is not None:
-            core.set_gradient_checkpointing(bool(enable))
+        self.core_model.set_gradient_checkpointing(bool(enable))
+
+    # -- the core contract, as on every adapter's backbone -------------------------------------------
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each returned map, in ``out_features`` order."""
+        return self.core_model.channels
+
+    def forward_features(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None):
+        """The core's ``BackboneOutput(feature_maps, hidden_states)``."""
+        return self.core_model.forward_features(pixel_values, output_hidden_states)
+
+    def forward_dict(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{out_feature: map}``."""
+        return self.core_model.forward_dict(pixel_values)
+
+    def output_norms(self) -> dict[str, nn.Module]:
+        return self.core_model.output_norms()
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(

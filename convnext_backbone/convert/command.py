@@ -2,11 +2,37 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from pathlib import Path
 
-from .convert import CheckpointError, describe_conversion, infer_config, load_converted, open_checkpoint
-from .fileio import check_not_overwriting
+from ..fileio import check_not_overwriting
+from ..messages import shortened
+from ..model import ConvNextBackbone, ConvNextForImageClassification
+from .formats import Conversion, infer_config
+from .loading import load_converted
+from .pretrained import open_checkpoint
+from .reading import CheckpointError
+
+
+def describe_conversion(conv: Conversion) -> str:
+    """Human-readable mapping used by ``convnext-backbone convert``."""
+    buf = io.StringIO()
+    buf.write(f"source format: {conv.source_format}\n")
+    buf.write(f"mapped {len(conv.mapping)} tensors\n")
+    renamed = [(a, b) for a, b in conv.mapping if a != b]
+    for line in shortened([f"{a} -> {b}" for a, b in renamed], 12, "more renamed"):
+        buf.write(f"  {line}\n")
+    if conv.dropped:
+        buf.write(f"dropped {len(conv.dropped)} tensors:\n")
+        by_reason: dict[str, list[str]] = {}
+        for k, why in conv.dropped:
+            by_reason.setdefault(why, []).append(k)
+        for why, keys in by_reason.items():
+            buf.write(f"  {len(keys)} x {why} (e.g. {keys[0]})\n")
+    if conv.unknown:
+        buf.write(f"UNRECOGNISED {len(conv.unknown)} tensors (not converted): {conv.unknown[:8]}\n")
+    return buf.getvalue()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,8 +69,6 @@ def check_destination(dst: str | os.PathLike) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .model import ConvNextBackbone, ConvNextForImageClassification
-
     try:
         check_destination(args.dst)
         check_not_overwriting([args.src], args.dst, directory=True)
