@@ -67,7 +67,8 @@ def _reference(model, fn):
 def test_kernel_isa_and_cpu_bf16_are_reported():
     isa = native.kernel_isa()
     assert isa is not None and isa.split(" ")[0] in native._ISA_NAMES and isa.endswith("(native)"), isa
-    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     has, evidence = native.cpu_bf16()
     if flags:  # the CPU flags are the ground truth
         assert has == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}), evidence
@@ -339,7 +340,7 @@ def test_bf16_training_gradients_match_the_reference(name, spy):
     fp32 = step(model32, torch.float32)
     ours_err = [_rel(a, f) for a, f in zip(ours, fp32)]
     ref_err = [_rel(r, f) for r, f in zip(reference, fp32)]
-    for a, r, oe, re in zip(ours, reference, ours_err, ref_err):
+    for a, r, re in zip(ours, reference, ref_err):
         assert a.dtype == BF16 and torch.isfinite(a).all()
         assert _rel(a, r) <= 3 * re + 2 ** -8, (_rel(a, r), re)
     assert sum(ours_err) <= 1.15 * sum(ref_err), (sum(ours_err), sum(ref_err))

@@ -300,12 +300,12 @@ def test_rule_admits_only_what_the_fast_path_computes(name, variation, mutation,
         before = spy["block"]
         got = _run(model, x, train)
         taken = spy["block"] - before
-        want = _reference(model, lambda: _run(model, x, train))
+        want = _reference(model, lambda train=train: _run(model, x, train))
         assert len(got) == len(want)
         if dtype == "fp32":
             assert max_abs_diff(got, want) < 1e-5, (variation, train)
         else:
-            exact = _reference(model32, lambda: _run(model32.train(train), x.float(), train))
+            exact = _reference(model32, lambda train=train: _run(model32.train(train), x.float(), train))
             _within_bf16_rounding(got, want, exact)
         assert taken == expect_taken, (variation, train, taken, expect_taken)
 

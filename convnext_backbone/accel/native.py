@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import record_function
 
 __all__ = ["DTYPES", "bias_gelu_", "cpu_bf16", "depthwise7", "depthwise7_norm_rows", "differentiable_grads", "kernel_isa",
