@@ -72,6 +72,7 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x_rows, out_rows = x.permute(0, 2, 3, 1).reshape(-1, c), out.view(-1, c)
     w1t = fc1.weight.t()
     epilogue = native.usable_rows(x.new_empty((0, c4)))  # the C kernel adds the bias and applies GELU
+    residual_epilogue = native.usable_rows(x_rows)  # ... and sums residual, branch and bias
 
     def hidden_of(t: torch.Tensor, h: torch.Tensor, sumsq: bool = False) -> torch.Tensor | None:
         """``h = gelu(t @ w1t + b1)``; with ``sumsq``, return GRN's float32 statistic of it too."""
@@ -87,14 +88,17 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # the last GEMM accumulates onto residual + bias
             torch.add(x_rows[p0:p1], b2, out=out_rows[p0:p1]).addmm_(h, w2t)
         else:  # the branch rounded to the dtype before the residual sum, as the reference rounds it
-            branch = torch.addmm(b2, h, w2t, out=workspace((p1 - p0) * c, x.dtype, "branch").view(p1 - p0, c))
-            torch.add(x_rows[p0:p1], branch, out=out_rows[p0:p1])
+            branch = workspace((p1 - p0) * c, x.dtype, "branch").view(p1 - p0, c)
+            if residual_epilogue:  # x + (branch + bias) summed in float32, rounded once
+                native.residual_(x_rows[p0:p1], torch.mm(h, w2t, out=branch), b2, out_rows[p0:p1])
+            else:
+                torch.add(x_rows[p0:p1], torch.addmm(b2, h, w2t, out=branch), out=out_rows[p0:p1])
 
     if block.grn is None:
         step = max(1, CHUNK_BYTES // (ww * c4 * x.element_size()))  # image rows per chunk
         w2t, b2 = fc2.weight.t(), fc2.bias
         if block.gamma is not None:  # layer scale folded into the projection
-            w2t, b2 = _scaled(w2t, block.gamma), _scaled(b2, block.gamma)
+            w2t, b2 = _scaled(w2t, block.gamma, epilogue), _scaled(b2, block.gamma)
         hidden = workspace(min(step, n * hh) * ww * c4, x.dtype, "hidden")
         for r0 in range(0, n * hh, step):
             r1 = min(n * hh, r0 + step)
@@ -111,13 +115,21 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for i in range(n):
         sumsq = hidden_of(normed(i * hh, (i + 1) * hh), hidden, sumsq=True)
         scale = _grn_scale(grn, sumsq.unsqueeze(0))[0]
-        residual(i * hh * ww, (i + 1) * hh * ww, hidden, _scaled(w2t, scale.unsqueeze(1)), b2)  # GRN folded into the weights
+        residual(i * hh * ww, (i + 1) * hh * ww, hidden, _scaled(w2t, scale.unsqueeze(1), epilogue), b2)  # GRN folded in
     return out.permute(0, 3, 1, 2)
 
 
-def _scaled(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``w * scale`` in float32, rounded once to ``w``'s dtype (no-op casts for float32)."""
-    return (w.float() * scale.float()).to(w.dtype)
+def _scaled(w: torch.Tensor, scale: torch.Tensor, in_c: bool = False) -> torch.Tensor:
+    """``w * scale`` in float32, rounded once to ``w``'s dtype (no-op casts for float32). ``in_c``: for
+    the transposed weight ``w`` of a projection, in one C pass into a reused buffer (the scale is
+    per row or per column of ``w``, each a column or a row of the contiguous weight)."""
+    if not in_c or w.dim() != 2 or w.is_contiguous() or not w.t().is_contiguous():
+        return (w.float() * scale.float()).to(w.dtype)
+    weight = w.t()  # the projection's contiguous (out, in) weight
+    out = workspace(weight.numel(), w.dtype, "folded").view(weight.shape)
+    per_row = scale.dim() == 1 or scale.shape[-1] != 1  # a scale over w's columns is one over weight's rows
+    native.scale_(weight, scale.reshape(-1) if per_row else None, None if per_row else scale.reshape(-1), out)
+    return out.t()
 
 
 def _sum_of_squares(h: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch import nn
 from torch.profiler import record_function
 
 __all__ = ["DTYPES", "bias_gelu_", "cpu_bf16", "depthwise7", "depthwise7_norm_rows", "differentiable_grads", "kernel_isa",
-           "native_status", "sum_of_squares", "threading_mode", "usable", "usable_rows"]
+           "native_status", "residual_", "scale_", "sum_of_squares", "threading_mode", "usable", "usable_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,17 @@ def _load() -> ctypes.CDLL | None:
                 for name, args in (("dwconv7_forward", [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 7),
                                    ("dwconv7_grad_weight", [ptr, ptr, ptr] + [i64] * 6),
                                    ("sum_of_squares_rows", [ptr, ptr] + [i64] * 4),
-                                   ("bias_gelu_rows", [ptr, ptr, ptr] + [i64] * 4)):
+                                   ("bias_gelu_rows", [ptr, ptr, ptr] + [i64] * 4),
+                                   ("residual_rows", [ptr, ptr, ptr, ptr] + [i64] * 3),
+                                   ("scale_rows", [ptr, ptr, ptr, ptr] + [i64] * 3)):
                     fn = getattr(lib, name + suffix)
                     fn.argtypes, fn.restype = args, None
                 for name, args in (("dwconv7_forward_par", [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_float] + [i64] * 8),
                                    ("dwconv7_grad_weight_par", [ptr, ptr, ptr] + [i64] * 8),
                                    ("sum_of_squares_rows_par", [ptr, ptr] + [i64] * 6),
-                                   ("bias_gelu_rows_par", [ptr, ptr, ptr] + [i64] * 6)):
+                                   ("bias_gelu_rows_par", [ptr, ptr, ptr] + [i64] * 6),
+                                   ("residual_rows_par", [ptr, ptr, ptr, ptr] + [i64] * 4),
+                                   ("scale_rows_par", [ptr, ptr, ptr, ptr] + [i64] * 4)):
                     fn = getattr(lib, name + suffix)
                     fn.argtypes, fn.restype = args, None
             lib.round_to_bf16.argtypes, lib.round_to_bf16.restype = [ptr, ptr, i64], None
@@ -396,6 +400,28 @@ def bias_gelu_(h: torch.Tensor, bias: torch.Tensor, approximate: str, sumsq: boo
         else:
             _run_rows(_fn("bias_gelu_rows", h), rows, lambda k: (*args, None, c, mode))
     return None
+
+
+def residual_(x: torch.Tensor, branch: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = x + (branch + bias)`` for contiguous (rows, C) tensors of one dtype (the second projection
+    computed without its bias), summed in float32 and rounded once. Only where ``usable_rows(x)``."""
+    rows, c = x.shape
+    b = _f32(bias.detach())
+    with record_function("convnext::residual"):
+        _rows("residual_rows", x, (x.data_ptr(), branch.data_ptr(), b.data_ptr(), out.data_ptr(), c), 0, rows)
+    return out
+
+
+def scale_(w: torch.Tensor, row_scale: torch.Tensor | None, col_scale: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out = w * row_scale[:, None] * col_scale[None, :]`` (either scale may be None) for a contiguous
+    (rows, cols) ``w`` of ``out``'s dtype: float32 products rounded once, no float32 temporaries (a
+    weight with a scale folded in). Only where ``usable_rows(w)``."""
+    rows, cols = w.shape
+    rs = None if row_scale is None else _f32(row_scale.detach())
+    cs = None if col_scale is None else _f32(col_scale.detach())
+    _rows("scale_rows", w, (w.data_ptr(), None if rs is None else rs.data_ptr(), None if cs is None else cs.data_ptr(),
+                            out.data_ptr(), cols), 0, rows)
+    return out
 
 
 def usable_rows(h: torch.Tensor) -> bool:

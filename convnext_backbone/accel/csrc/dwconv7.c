@@ -440,6 +440,47 @@ DEFINE_BIAS_GELU(float, f32, )
 DEFINE_BIAS_GELU(bf16, bf16, _bf16)
 
 /* ---------------------------------------------------------------------------------------------
+ * The second projection's epilogue: out = x + (branch + bias) for a GEMM computed without its
+ * bias, summed in float32 and rounded once (the residual stream of a bfloat16 block).
+ * ------------------------------------------------------------------------------------------- */
+#define DEFINE_RESIDUAL(T, S, SUFFIX)                                                              \
+    void residual_rows##SUFFIX(const T *x, const T *branch, const float *bias, T *out, long C,     \
+                               long r0, long r1) {                                                 \
+        long cw = WIDE == 16 ? C - C % 16 : 0;                                                     \
+        for (long r = r0; r < r1; ++r) {                                                           \
+            const T *xr = x + r * C, *br = branch + r * C;                                         \
+            T *o = out + r * C;                                                                    \
+            for (long c = 0; c < cw; c += 16)                                                      \
+                st_##S##_16(o + c, ld_##S##_16(xr + c) + (ld_##S##_16(br + c) + ld_f32_16(bias + c))); \
+            for (long c = cw; c < C; c += 8)                                                       \
+                st_##S##_8(o + c, ld_##S##_8(xr + c) + (ld_##S##_8(br + c) + ld_f32_8(bias + c))); \
+        }                                                                                          \
+    }
+
+DEFINE_RESIDUAL(float, f32, )
+DEFINE_RESIDUAL(bf16, bf16, _bf16)
+
+/* out[r, j] = w[r, j] * rs[r] * cs[j] (rs or cs may be NULL), in float32, rounded once: a weight
+ * with GRN's per-sample scale or the layer scale folded in, without float32 temporaries. */
+#define DEFINE_SCALE(T, S, SUFFIX)                                                                 \
+    void scale_rows##SUFFIX(const T *w, const float *rs, const float *cs, T *out, long cols, long r0, long r1) { \
+        for (long r = r0; r < r1; ++r) {                                                           \
+            const T *wr = w + r * cols;                                                               \
+            T *o = out + r * cols;                                                                    \
+            float f = rs ? rs[r] : 1.0f;                                                           \
+            for (long j = 0; j < cols; j += 8) {                                                      \
+                vf8 v = ld_##S##_8(wr + j);                                                        \
+                if (rs) v = v * f;                                                                 \
+                if (cs) v = v * ld_f32_8(cs + j);                                                  \
+                st_##S##_8(o + j, v);                                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_SCALE(float, f32, )
+DEFINE_SCALE(bf16, bf16, _bf16)
+
+/* ---------------------------------------------------------------------------------------------
  * Threads: each *_par function runs its serial function on `parts` ranges of the rows [r0, r1),
  * in the host process's OpenMP runtime (torch's libgomp, whose GOMP_parallel and thread queries
  * the loader hands over with set_openmp; the library itself links no OpenMP). Its threads are the
@@ -523,6 +564,28 @@ static void run_task(struct task *t) {
                                     long r0, long r1, long acc_stride, long parts) {               \
         struct task t = {bias_gelu_body##SUFFIX, {h, bias, 0, 0, 0}, {C, approximate, 0, 0, 0, 0}, 0.f, \
                          acc, acc_stride, r0, r1, parts};                                          \
+        run_task(&t);                                                                              \
+    }                                                                                              \
+    static void residual_body##SUFFIX(const struct task *t, long r0, long r1, long k) {            \
+        (void)k;                                                                                   \
+        residual_rows##SUFFIX((const T *)t->p[0], (const T *)t->p[1], (const float *)t->p[2], (T *)t->acc, \
+                              t->l[0], r0, r1);                                                    \
+    }                                                                                              \
+    void residual_rows_par##SUFFIX(const T *x, const T *branch, const float *bias, T *out, long C,  \
+                                   long r0, long r1, long parts) {                                 \
+        struct task t = {residual_body##SUFFIX, {x, branch, bias, 0, 0}, {C, 0, 0, 0, 0, 0}, 0.f,  \
+                         (float *)out, 0, r0, r1, parts};                                          \
+        run_task(&t);                                                                              \
+    }                                                                                              \
+    static void scale_body##SUFFIX(const struct task *t, long r0, long r1, long k) {               \
+        (void)k;                                                                                   \
+        scale_rows##SUFFIX((const T *)t->p[0], (const float *)t->p[1], (const float *)t->p[2], (T *)t->acc, \
+                           t->l[0], r0, r1);                                                       \
+    }                                                                                              \
+    void scale_rows_par##SUFFIX(const T *w, const float *rs, const float *cs, T *out, long cols, long r0, \
+                                long r1, long parts) {                                             \
+        struct task t = {scale_body##SUFFIX, {w, rs, cs, 0, 0}, {cols, 0, 0, 0, 0, 0}, 0.f, (float *)out, \
+                         0, r0, r1, parts};                                                        \
         run_task(&t);                                                                              \
     }
 
