@@ -212,6 +212,24 @@ def test_bias_gelu_matches_float64(dtype, approximate):
     assert native.bias_gelu_(h2, bias, approximate) is None and torch.equal(h2, h)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, BF16], ids=["fp32", "bf16"])
+def test_residual_and_folded_weight_epilogues_round_once(dtype):
+    """The second projection's epilogue ``x + (branch + bias)`` and a weight with a scale folded in:
+    float32 arithmetic, one rounding to the dtype (within half an ulp of the float64 result)."""
+    g = torch.Generator().manual_seed(15)
+    x, branch = (torch.randn(301, 40, generator=g) * 4).to(dtype), (torch.randn(301, 40, generator=g) * 0.3).to(dtype)
+    bias, rs, cs = torch.randn(40, generator=g).to(dtype), torch.rand(301, generator=g) + 0.5, torch.rand(40, generator=g) + 0.5
+    half_ulp = (lambda e: _ulp(e) / 2) if dtype == BF16 else (lambda e: 2.0 ** -24 * e.abs())  # noqa: E731
+    out = native.residual_(x, branch, bias, torch.empty_like(x))
+    exact = x.double() + (branch.double() + bias.double())
+    terms = x.double().abs() + branch.double().abs() + bias.double().abs()  # float32 sums: 2^-24 of these each
+    assert out.dtype == dtype and ((out.double() - exact).abs() <= half_ulp(exact) + 2.0 ** -23 * terms).all()
+    for row, col in ((rs, None), (None, cs)):
+        folded = native.scale_(x, row, col, torch.empty_like(x))
+        exact = x.double() * (row.double()[:, None] if row is not None else col.double()[None, :])
+        assert ((folded.double() - exact).abs() <= half_ulp(exact) + 1e-6 * exact.abs()).all()
+
+
 _PORTABLE_SCRIPT = r"""
 import sys, torch
 from convnext_backbone.accel import native
