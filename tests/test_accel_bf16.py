@@ -447,6 +447,42 @@ def test_bf16_parametrizations_and_customised_submodules_are_honoured(spy):
     assert max(_rel(a, b) for a, b in zip(got, plain)) > 1e-2  # ... of the changed model, not the plain one
 
 
+class _LoRA(nn.Module):
+    """A wrapped projection, as LoRA/PEFT write it: the frozen base plus a low-rank update."""
+
+    def __init__(self, base: nn.Linear, rank: int = 4):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(0.1 * torch.randn(rank, base.in_features, dtype=base.weight.dtype))
+        self.B = nn.Parameter(0.1 * torch.randn(base.out_features, rank, dtype=base.weight.dtype))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t()) @ self.B.t()
+
+
+def test_bf16_wrapped_layers_compute_what_they_compute(spy):
+    model = _small(V2).to(BF16).eval()
+    x = torch.randn(2, 3, 64, 64, dtype=BF16)
+    before = _features(model, x)
+    for block in model.stages[2]:
+        block.pwconv1, block.pwconv2 = _LoRA(block.pwconv1), _LoRA(block.pwconv2)
+    taken = spy["block"]
+    after = _features(model, x)
+    assert spy["block"] - taken == sum(len(s) for s in model.stages) - len(model.stages[2])
+    reference = _reference(model, lambda: _features(model, x))
+    model32 = model.float()
+    fp32 = _reference(model32, lambda: _features(model32, x.float()))
+    model.to(BF16)
+    for stage, (a, r, f) in enumerate(zip(after, reference, fp32)):
+        # as accurate as the reference bfloat16 run of the wrapped model (both round independently) ...
+        assert _rel(a, f) <= 1.1 * _rel(r, f) + 1e-4, (stage, _rel(a, f), _rel(r, f))
+    assert max(_rel(a, b) for a, b in zip(after[2:], before[2:])) > 5e-2  # ... whose update is not ignored
+    model.train()
+    sum((f.float() ** 2).mean() for f in model(x).feature_maps).backward()
+    loras = [m for m in model.modules() if isinstance(m, _LoRA)]
+    assert all(m.A.grad is not None and m.A.grad.abs().sum() > 0 and m.base.weight.grad is None for m in loras)
+
+
 def test_bf16_tracing_and_flop_counting_see_the_reference_ops(spy):
     from torch.utils.flop_counter import FlopCounterMode
     from torchvision.models.feature_extraction import create_feature_extractor
