@@ -3,7 +3,8 @@
 ``python -m benchmarks.backbone`` (``make bench``) runs the default comparison: V1 tiny, V2 tiny
 and V2 atto at 1x3x512x512 and 2x3x800x1216, inference and training step, interleaved repeats
 (round-robin over the implementations, rotating who goes first), after checking that each pair
-computes the same features. It prints a markdown table, optional JSON, and the ratios vs the
+computes the same features; then V1 tiny and V2 tiny in pure bfloat16 at 2x3x800x1216 (rows
+labelled "bf16"), each peer timed in NCHW and in channels_last and shown in its faster one. It prints a markdown table, optional JSON, and the ratios vs the
 best peer last. ``--quick`` is a seconds-long smoke run. See ``--help`` for the knobs.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ DEFAULTS = {
     "repeats": 2,
     "warmup": 1,
     "frameworks": "d2,mmseg",
+    "bf16_models": "convnext_tiny,convnextv2_tiny",
+    "bf16_shapes": "2x3x800x1216",
 }
 QUICK = {
     "models": "convnextv2_atto",
@@ -38,6 +41,8 @@ QUICK = {
     "repeats": 1,
     "warmup": 1,
     "frameworks": "d2,mmseg",
+    "bf16_models": "none",
+    "bf16_shapes": "1x3x64x96",
 }
 CHECK_SHAPE = (1, 3, 160, 224)  # equivalence check input: small, not a multiple of 32 in width/height ratio
 
@@ -79,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-shapes", default=None,
                    help="shapes at which ours is also run with gradient checkpointing in training mode "
                         "(default: the largest shape; 'none' to skip)")
+    p.add_argument("--bf16-models", help="models also run in pure bfloat16 (model.to(torch.bfloat16), as deployed), each "
+                                         "peer in NCHW and channels_last, the faster shown; 'none' to skip "
+                                         f"(default {DEFAULTS['bf16_models']}; --quick: none)")
+    p.add_argument("--bf16-shapes", help=f"shapes of the bfloat16 rows (default {DEFAULTS['bf16_shapes']})")
     p.add_argument("--frameworks", help="comma-separated subset of d2,mmseg, or 'none' (default d2,mmseg)")
     p.add_argument("--framework-repeats", type=int, default=1,
                    help="timed runs of each framework line (a Mask R-CNN / UperNet step takes tens of seconds on 2 cores)")
@@ -98,6 +107,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     args.models = [] if args.models.strip().lower() == "none" else [resolve_model_name(m) for m in _csv(args.models)]
     args.shapes = [parse_shape(s) for s in _csv(args.shapes)]
+    args.bf16_models = [] if args.bf16_models.strip().lower() == "none" else [resolve_model_name(m) for m in _csv(args.bf16_models)]
+    args.bf16_shapes = [parse_shape(s) for s in _csv(args.bf16_shapes)]
     args.modes = _csv(args.modes)
     bad = [m for m in args.modes if m not in ("infer", "train")]
     if bad or not args.modes:
@@ -286,7 +297,7 @@ def total_runs(args: argparse.Namespace) -> int:
     for shape in args.shapes:
         for mode in args.modes:
             n += 3 * (args.warmup + args.repeats) + (args.warmup if mode == "train" and shape in args.ckpt_shapes else 0)
-    return n * len(args.models)
+    return n * len(args.models) + 5 * (args.warmup + args.repeats) * len(args.modes) * len(args.bf16_shapes) * len(args.bf16_models)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             tqdm(total=total_runs(args), desc="benchmark", unit="run", file=sys.stderr) as progress:
         for name in args.models:
             bench_model(name, Path(tmp), args, memory, progress, results, profiles)
+        for name in args.bf16_models:
+            bench_model_bf16(name, Path(tmp), args, memory, progress, results, profiles)
         for key in args.frameworks:
             results["frameworks"].append(frameworks.run(key, args, memory, progress))
     _print_report(results, profiles, args)
@@ -337,6 +350,48 @@ def bench_model(name: str, workdir: Path, args: argparse.Namespace, memory: Peak
     impls = _checked_impls(name, label, workdir, args, results)
     for shape in args.shapes:
         _bench_shape(impls, name, label, shape, args, memory, progress, results, profiles)
+
+
+def bench_model_bf16(name: str, workdir: Path, args: argparse.Namespace, memory: PeakMemory, progress,
+                     results: dict[str, Any], profiles: list[str]) -> None:
+    """One model in pure bfloat16 (rows labelled "<model> bf16"): each peer timed in NCHW and in
+    channels_last, interleaved with the rest; its faster format is the row kept (memory_format says
+    which), so ours is compared with each peer at its best."""
+    bargs = argparse.Namespace(**{**vars(args), "dtype": "bfloat16", "precision": "pure", "shapes": args.bf16_shapes,
+                                  "ckpt_shapes": [], "channels_last": False, "compile": False})
+    label = f"{model_label(name)} bf16"
+    impls = _checked_impls(name, label, workdir, bargs, results)
+    for peer in [impl for impl in impls if impl.is_peer]:
+        impls.append(_channels_last_copy(peer))
+    start = len(results["results"])
+    for shape in bargs.shapes:
+        _bench_shape(impls, name, label, shape, bargs, memory, progress, results, profiles)
+    results["results"][start:] = _faster_format(results["results"][start:])
+
+
+def _channels_last_copy(peer: Impl) -> Impl:
+    """The peer with channels_last weights and input (timm returns the maps, HF an output holding them)."""
+    import copy
+
+    model = copy.deepcopy(peer.model).to(memory_format=torch.channels_last)
+    run = model if peer.features is peer.model else (lambda x: model(x).feature_maps)
+    return Impl(f"{peer.name}+channels_last", model, lambda x: run(x.contiguous(memory_format=torch.channels_last)), True)
+
+
+def _faster_format(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of each peer's two rows (NCHW, channels_last) per shape and mode, the faster one, under the peer's name."""
+    kept = []
+    for r in rows:
+        if not r["is_peer"]:
+            kept.append(r)
+            continue
+        name = r["impl"].removesuffix("+channels_last")
+        other = next(o for o in rows if o is not r and o["shape"] == r["shape"] and o["mode"] == r["mode"]
+                     and o["impl"].removesuffix("+channels_last") == name)
+        if r["median_s"] < other["median_s"] or (r["median_s"] == other["median_s"] and r["impl"] == name):
+            kept.append({**r, "impl": name, "memory_format": "channels_last" if r["impl"] != name else "contiguous",
+                         "other_format_median_s": other["median_s"]})
+    return kept
 
 
 def _checked_impls(name: str, label: str, workdir: Path, args: argparse.Namespace, results: dict[str, Any]) -> list[Impl]:

@@ -22,7 +22,7 @@ from convnext_backbone.presets import list_presets
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 _SIZE_LETTERS = {"atto": "A", "femto": "F", "pico": "P", "nano": "N", "tiny": "T", "small": "S", "base": "B",
-                 "large": "L", "xlarge": "XL", "huge": "H"}
+                 "large": "L", "xlarge": "XL", "xxlarge": "XXL", "huge": "H"}
 PEERS = ("timm", "hf")
 
 

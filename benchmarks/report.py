@@ -13,7 +13,8 @@ PEER_NAMES = {"timm": "timm", "hf": "HF"}
 def _time_cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return "-"
-    return f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f})"
+    cl = " CL" if r.get("memory_format") == "channels_last" else ""  # a bf16 peer row: its faster format
+    return f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}){cl}"
 
 
 def _mem_cell(r: dict[str, Any] | None) -> str:
@@ -78,7 +79,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"Seconds per step: median (min-max) of {meta['repeats']} interleaved runs after {meta['warmup']} warmup. "
         "Peak MiB: extra memory at the step's peak (" + meta["memory_method"] + "). "
-        "Ours is timed with its 4 output LayerNorms (as HF; timm features_only has none).",
+        "Ours is timed with its 4 output LayerNorms (as HF; timm features_only has none)."
+        + (" Rows labelled bf16: model and input in pure bfloat16; each peer timed in NCHW and in channels_last, "
+           "the faster shown (CL: channels_last)." if any(r.get("memory_format") for r in results["results"]) else ""),
         "",
         "| model | input | mode | ours s | timm s | HF s | ours MiB | timm MiB | HF MiB | ours GFLOP/s | ours vs best peer |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

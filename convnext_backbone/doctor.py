@@ -95,14 +95,20 @@ def check_native_kernel() -> Check:
     from .accel import native
 
     status = native.native_status()
+    bf16, evidence = native.cpu_bf16()
     if status == "ok":
         c.version = "built"
-        c.notes.append(f"cached in {native._cache_dir()}")
+        isa = native.kernel_isa()
+        c.notes.append(f"{native.describe_isa(isa)}, {native.threading_mode()}, cached in {native._cache_dir()}")
+        if "(portable" in isa:
+            c.problems.append(f"portable C kernel ({isa.partition('portable: ')[2].rstrip(')')}): slower than one built for this CPU")
         if not accel.enabled():
             c.problems.append("accelerator disabled (CONVNEXT_BACKBONE_ACCEL=0): every block runs the reference ops")
     else:
         c.version = "fallback"
         c.problems.append(f"{status}: CPU training uses torch's depthwise conv (~25% slower step)")
+    c.notes.append(f"bfloat16 native on this CPU ({evidence}): a model in pure bfloat16 runs fastest here"
+                   if bf16 else f"bfloat16 not native on this CPU ({evidence}): float32 runs faster")
     return c
 
 

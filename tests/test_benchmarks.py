@@ -106,3 +106,18 @@ def test_bad_arguments_are_rejected_with_what_is_allowed(args, message, capsys):
         main(["--quick", *args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bf16_rows_keep_each_peer_in_its_faster_memory_format():
+    from benchmarks.backbone import _faster_format
+
+    def row(impl, median, peer=True):
+        return {"impl": impl, "is_peer": peer, "shape": "2x3x800x1216", "mode": "infer", "median_s": median}
+
+    rows = [row("ours", 1.0, False), row("timm", 2.0), row("hf", 1.5), row("timm+channels_last", 1.8),
+            row("hf+channels_last", 1.7)]
+    kept = {r["impl"]: r for r in _faster_format(rows)}
+    assert set(kept) == {"ours", "timm", "hf"}
+    assert kept["timm"]["memory_format"] == "channels_last" and kept["timm"]["median_s"] == 1.8
+    assert kept["timm"]["other_format_median_s"] == 2.0
+    assert kept["hf"]["memory_format"] == "contiguous" and kept["hf"]["median_s"] == 1.5

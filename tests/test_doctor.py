@@ -62,4 +62,6 @@ def test_doctor_reports_the_stack(capsys):
     for package in PACKAGES:  # the "packages:" section: where each import package comes from
         assert re.search(rf"\n  {package} +/", out), f"doctor does not locate {package}:\n{out}"
     assert re.search(r"\n  dwconv kernel +built ", out), out  # the C depthwise kernel compiled here
+    # ... for which instruction set, and whether this CPU computes bfloat16 natively
+    assert re.search(r"\n  dwconv kernel +built +\(.*\((native|portable).*bfloat16 (native|not native) on this CPU", out), out
     assert "MISSING" not in out, out

@@ -216,6 +216,22 @@ def test_half_compute_on_cpu(weights, folder, exported, tmp_path, compute, monke
     assert cli(export_args(weights, folder[0], exported, "--compute-dtype", compute, "--workers", "0")) == 2
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "other-cpu"])
+def test_bfloat16_suggested_on_a_cpu_that_runs_it_natively(weights, folder, tmp_path, native, monkeypatch, capsys):
+    """A float32 export on a CPU with native bfloat16 says that --compute-dtype bfloat16 is faster;
+    it stays float32 (numbers change only when asked), and an export already in bfloat16 is not told."""
+    from convnext_backbone.accel import native as kernel
+
+    monkeypatch.setattr(kernel, "cpu_bf16", lambda: (native, "CPU flags: avx512_bf16" if native else "no bf16 CPU flag"))
+    note = "--compute-dtype bfloat16 exports faster"
+    for compute, out in (("auto", tmp_path / "auto"), ("bfloat16", tmp_path / "bf16")):
+        capsys.readouterr()
+        assert cli(export_args(weights, folder[0], out, "--compute-dtype", compute, "--workers", "0")) == 0
+        err = capsys.readouterr().err
+        assert (note in err) == (native and compute == "auto"), err
+        assert json.loads((out / "export_config.json").read_text())["compute_dtype"] == compute
+
+
 def test_verify_catches_flipped_byte_missing_and_unlisted(exported, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(exported, out)

@@ -7,7 +7,8 @@ per module and per call by ``accelerates(module, x)``:
 
 - the process switch is on (``CONVNEXT_BACKBONE_ACCEL=0`` or ``set_enabled(False)`` turns it
   off; ``model.accelerate = False`` turns it off for one model);
-- plain eager execution on CPU in float32 (``torch_state.plain_execution``): no autocast, no
+- plain eager execution on CPU in float32 or bfloat16 (``stock.ACCELERATED_DTYPES``; a whole
+  bfloat16 model, ``model.to(torch.bfloat16)``) (``torch_state.plain_execution``): no autocast, no
   jit/fx tracing, no ``torch.compile`` / ``torch.export`` / ONNX export, no torch function or
   dispatch mode (FlopCounterMode, FakeTensor, ...), no functorch transform, no forward-mode AD,
   no global module hooks, a plain dense tensor;
@@ -17,9 +18,10 @@ per module and per call by ``accelerates(module, x)``:
 
 Anything else runs the module itself, so hooks fire, wrapped, quantised or customised layers
 compute what they compute, and tracing sees the reference ops. Where the rule admits a module
-the result equals the reference within float32 rounding (the tests hold it to 1e-5), and so do
-its gradients, of any order: a backward recorded with ``create_graph=True`` is itself
-differentiable (it recomputes through the reference ops).
+the result equals the reference within the dtype's rounding (float32: the tests hold it to 1e-5;
+bfloat16: the same float32 sums, rounded to bfloat16 where the reference rounds, or once where a
+weight is folded), and so do its gradients, of any order: a backward recorded with
+``create_graph=True`` is itself differentiable (it recomputes through the reference ops).
 """
 from __future__ import annotations
 

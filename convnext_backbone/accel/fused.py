@@ -1,4 +1,4 @@
-"""Faster CPU float32 computation of a stock block, stem or downsampling layer.
+"""Faster CPU float32 / bfloat16 computation of a stock block, stem or downsampling layer.
 
 Called only by ``accel.run_block`` / ``accel.run_downsample`` after the dispatch rule admitted
 the module; the math is the reference block's, in an order chosen for memory traffic:
@@ -15,6 +15,12 @@ the module; the math is the reference block's, in an order chosen for memory tra
   its backward in a reused buffer, for V2 GRN folded into a batched GEMM; residual and bias
   are summed first so that the last GEMM accumulates into them. Patch convs (stem and
   downsampling, kernel == stride) run as GEMMs, whose backward is ~2x faster than oneDNN's.
+
+bfloat16 runs the same code: the GEMMs are torch's bfloat16 GEMMs (float32 sums), the C kernel
+reads and writes bfloat16 with float32 sums, and GRN's statistic is summed in float32 in one
+pass over the bfloat16 hidden tensor; N(x) is rounded to bfloat16 as the reference rounds it,
+and each folded weight (GRN's scale or layer scale times the projection) is computed in
+float32 and rounded once.
 """
 from __future__ import annotations
 
@@ -65,20 +71,41 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = x.new_empty((n, hh, ww, c))
     x_rows, out_rows = x.permute(0, 2, 3, 1).reshape(-1, c), out.view(-1, c)
     w1t = fc1.weight.t()
+    epilogue = native.usable_rows(x.new_empty((0, c4)))  # the C kernel adds the bias and applies GELU
+    residual_epilogue = native.usable_rows(x_rows)  # ... and sums residual, branch and bias
+
+    def hidden_of(t: torch.Tensor, h: torch.Tensor, sumsq: bool = False) -> torch.Tensor | None:
+        """``h = gelu(t @ w1t + b1)``; with ``sumsq``, return GRN's float32 statistic of it too."""
+        if epilogue:  # the GEMM without its bias, then bias + GELU (+ the statistic) in one pass
+            torch.mm(t, w1t, out=h)
+            return native.bias_gelu_(h, fc1.bias, approximate, sumsq)
+        torch.addmm(fc1.bias, t, w1t, out=h)
+        torch.ops.aten.gelu_(h, approximate=approximate)
+        return _sum_of_squares(h) if sumsq else None
+
+    def residual(p0: int, p1: int, h: torch.Tensor, w2t: torch.Tensor, b2: torch.Tensor) -> None:
+        """Rows [p0, p1) of the output: ``x + h @ w2t + b2``."""
+        if x.dtype == torch.float32:  # the last GEMM accumulates onto residual + bias
+            torch.add(x_rows[p0:p1], b2, out=out_rows[p0:p1]).addmm_(h, w2t)
+        else:  # the branch rounded to the dtype before the residual sum, as the reference rounds it
+            branch = workspace((p1 - p0) * c, x.dtype, "branch").view(p1 - p0, c)
+            if residual_epilogue:  # x + (branch + bias) summed in float32, rounded once
+                native.residual_(x_rows[p0:p1], torch.mm(h, w2t, out=branch), b2, out_rows[p0:p1])
+            else:
+                torch.add(x_rows[p0:p1], torch.addmm(b2, h, w2t, out=branch), out=out_rows[p0:p1])
 
     if block.grn is None:
         step = max(1, CHUNK_BYTES // (ww * c4 * x.element_size()))  # image rows per chunk
         w2t, b2 = fc2.weight.t(), fc2.bias
         if block.gamma is not None:  # layer scale folded into the projection
-            w2t, b2 = w2t * block.gamma, b2 * block.gamma
+            w2t, b2 = _scaled(w2t, block.gamma, epilogue), _scaled(b2, block.gamma)
         hidden = workspace(min(step, n * hh) * ww * c4, x.dtype, "hidden")
         for r0 in range(0, n * hh, step):
             r1 = min(n * hh, r0 + step)
             p0, p1 = r0 * ww, r1 * ww
-            h = torch.addmm(fc1.bias, normed(r0, r1), w1t, out=hidden[:(p1 - p0) * c4].view(p1 - p0, c4))
-            torch.ops.aten.gelu_(h, approximate=approximate)
-            o = torch.add(x_rows[p0:p1], b2, out=out_rows[p0:p1])
-            o.addmm_(h, w2t)
+            h = hidden[:(p1 - p0) * c4].view(p1 - p0, c4)
+            hidden_of(normed(r0, r1), h)
+            residual(p0, p1, h, w2t, b2)
         return out.permute(0, 3, 1, 2)
 
     grn = block.grn
@@ -86,26 +113,40 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b2 = F.linear(grn.beta.reshape(1, c4), fc2.weight, fc2.bias)  # GRN's shift through the projection
     hidden = workspace(hh * ww * c4, x.dtype, "hidden").view(hh * ww, c4)  # one sample at a time
     for i in range(n):
-        torch.addmm(fc1.bias, normed(i * hh, (i + 1) * hh), w1t, out=hidden)
-        torch.ops.aten.gelu_(hidden, approximate=approximate)
-        scale = _grn_scale(grn, _sum_of_squares(hidden).unsqueeze(0))[0]
-        p0, p1 = i * hh * ww, (i + 1) * hh * ww
-        o = torch.add(x_rows[p0:p1], b2, out=out_rows[p0:p1])
-        o.addmm_(hidden, scale.unsqueeze(1) * w2t)  # GRN folded into this sample's weights
+        sumsq = hidden_of(normed(i * hh, (i + 1) * hh), hidden, sumsq=True)
+        scale = _grn_scale(grn, sumsq.unsqueeze(0))[0]
+        residual(i * hh * ww, (i + 1) * hh * ww, hidden, _scaled(w2t, scale.unsqueeze(1), epilogue), b2)  # GRN folded in
     return out.permute(0, 3, 1, 2)
 
 
+def _scaled(w: torch.Tensor, scale: torch.Tensor, in_c: bool = False) -> torch.Tensor:
+    """``w * scale`` in float32, rounded once to ``w``'s dtype (no-op casts for float32). ``in_c``: for
+    the transposed weight ``w`` of a projection, in one C pass into a reused buffer (the scale is
+    per row or per column of ``w``, each a column or a row of the contiguous weight)."""
+    if not in_c or w.dim() != 2 or w.is_contiguous() or not w.t().is_contiguous():
+        return (w.float() * scale.float()).to(w.dtype)
+    weight = w.t()  # the projection's contiguous (out, in) weight
+    out = workspace(weight.numel(), w.dtype, "folded").view(weight.shape)
+    per_row = scale.dim() == 1 or scale.shape[-1] != 1  # a scale over w's columns is one over weight's rows
+    native.scale_(weight, scale.reshape(-1) if per_row else None, None if per_row else scale.reshape(-1), out)
+    return out.t()
+
+
 def _sum_of_squares(h: torch.Tensor) -> torch.Tensor:
-    """Column sums of h*h for a (rows, C) tensor: one pass in C, no temporary."""
+    """Float32 column sums of h*h for a (rows, C) tensor: one pass in C, no temporary."""
     got = native.sum_of_squares(h.unsqueeze(0))
-    return got[0] if got is not None else (h * h).sum(0)
+    if got is not None:
+        return got[0]
+    # without the C kernel: float32 sums as the reference's GRN takes them (float32 for float32 too)
+    return (h * h).sum(0) if h.dtype == torch.float32 else torch.linalg.vector_norm(h, dim=0, dtype=torch.float32).square()
 
 
 def _grn_scale(grn: nn.Module, sumsq: torch.Tensor) -> torch.Tensor:
-    """GRN as a per-sample channel scale: ``GRN(x) = x * scale + beta``; ``sumsq`` is (N, C)."""
+    """GRN as a per-sample channel scale in float32: ``GRN(x) = x * scale + beta``; ``sumsq`` is (N, C),
+    float32. N(x) is rounded to the model's dtype first, as the reference rounds it."""
     gx = sumsq.sqrt()
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + grn.eps)
-    return 1.0 + grn.gamma.reshape(1, -1) * nx
+    nx = (gx / (gx.mean(dim=-1, keepdim=True) + grn.eps)).to(grn.gamma.dtype).float()
+    return 1.0 + grn.gamma.reshape(1, -1).float() * nx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,25 +162,47 @@ def _autograd_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if block.grn is None:
         w, b = fc2.weight, fc2.bias
         if block.gamma is not None:
-            w, b = w * block.gamma[:, None], b * block.gamma
+            w, b = _scaled(w, block.gamma[:, None]), _scaled(b, block.gamma)
         t = t.reshape(-1, c)
         approximate = block.act.approximate
         return _residual(block, x, (n * hh * ww,), b,
                          lambda acc: _LeanMLP.apply(t, fc1.weight, fc1.bias, w.t(), acc, approximate))
     h = block.act(fc1(t)).reshape(n, hh * ww, c4)
-    ws = _grn_scale(block.grn, (h * h).sum(dim=1)).unsqueeze(-1) * fc2.weight.t()  # (N, C4, C)
+    sumsq = (h * h).sum(dim=1) if h.dtype == torch.float32 else _SumOfSquares.apply(h)
+    ws = _scaled(fc2.weight.t(), _grn_scale(block.grn, sumsq).unsqueeze(-1))  # (N, C4, C)
     b = F.linear(block.grn.beta.reshape(1, c4), fc2.weight, fc2.bias)
     return _residual(block, x, (n, hh * ww), b, lambda acc: torch.baddbmm(acc, h, ws))
 
 
 def _residual(block: nn.Module, x: torch.Tensor, rows: tuple[int, ...], b: torch.Tensor, project) -> torch.Tensor:
-    """``x + drop_path(project(b))`` when drop path is active; otherwise ``project(x + b)``: the
+    """``x + drop_path(project(b))`` when drop path is active or the dtype is not float32 (the branch
+    rounded before the residual sum, as the reference rounds it); otherwise ``project(x + b)``: the
     residual and bias summed first, so that the last GEMM accumulates into them."""
     n, c, hh, ww = x.shape
     if block.training and isinstance(block.drop_path, DropPath) and block.drop_path.drop_prob > 0:
         return x + block.drop_path(project(b).view(n, hh, ww, c).permute(0, 3, 1, 2))
+    if x.dtype != torch.float32:
+        return x + project(b).view(n, hh, ww, c).permute(0, 3, 1, 2)
     acc = x.permute(0, 2, 3, 1).reshape(*rows, c) + b  # the permute is a view on channels_last input
     return project(acc).view(n, hh, ww, c).permute(0, 3, 1, 2)
+
+
+class _SumOfSquares(torch.autograd.Function):
+    """Float32 sums of h*h over dim 1 of a bfloat16 (N, L, C) tensor in one pass (the C kernel),
+    never a float32 copy of ``h``; the gradient ``2 h g`` in ``h``'s dtype."""
+
+    @staticmethod
+    def forward(ctx, h):
+        ctx.save_for_backward(h)
+        got = native.sum_of_squares(h)
+        return got if got is not None else torch.linalg.vector_norm(h, dim=1, dtype=torch.float32).square()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (h,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: through the reference ops
+            return native.differentiable_grads(lambda h: h.float().square().sum(1), (h,), (True,), grad)
+        return h * (2 * grad).to(h.dtype).unsqueeze(1)
 
 
 class _LeanMLP(torch.autograd.Function):

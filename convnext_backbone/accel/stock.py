@@ -18,8 +18,18 @@ from ..layers import GRN, Block, DropPath, LayerNorm2d
 
 __all__ = ["ACCELERATED_DTYPES", "block_is_stock", "downsample_is_stock"]
 
-# Parameter/activation dtypes the fast paths compute.
-ACCELERATED_DTYPES = frozenset({torch.float32})
+# Parameter/activation dtypes the fast paths compute (a model entirely in one of them: the block's
+# input and every parameter of it, as ``_plain`` checks). What the fast paths assume of each:
+# - the C kernel (``native.DTYPES``) reads and writes it, summing in float32;
+# - torch's CPU GEMMs (addmm, baddbmm) sum it in float32 and round the result once, as the
+#   reference's ``F.linear`` does;
+# - GRN's statistic is summed in float32 (``native.sum_of_squares`` / ``fused._SumOfSquares``)
+#   and N(x) rounded to it, as ``GRN.forward`` does; LayerNorm statistics are float32 (C kernel
+#   and ``F.layer_norm``);
+# - folded weights are computed in float32 and rounded to it once (``fused._scaled``).
+# float16 is not here: its range needs the reference's ordering of each rounding (and CPUs have no
+# float16 GEMM faster than bfloat16). float64 is not here: nothing in the fast paths is faster in it.
+ACCELERATED_DTYPES = frozenset({torch.float32, torch.bfloat16})
 
 # Each class's forward as this package was imported: a class patched later computes something else.
 _FORWARDS = {cls: cls.forward for cls in (Block, GRN, DropPath, LayerNorm2d, nn.Conv2d, nn.LayerNorm, nn.Linear,

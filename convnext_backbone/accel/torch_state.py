@@ -14,7 +14,7 @@ import importlib
 import torch
 from torch.nn.modules import module as _module_globals
 
-__all__ = ["PRIVATE_APIS", "check_private_apis", "forward_ad_active", "global_module_hooks", "is_tracing", "plain_execution"]
+__all__ = ["PRIVATE_APIS", "check_private_apis", "cpu_bf16_supported", "forward_ad_active", "global_module_hooks", "is_tracing", "plain_execution"]
 
 # (module, attribute) of each private torch name used below.
 PRIVATE_APIS = (
@@ -27,6 +27,8 @@ PRIVATE_APIS = (
     ("torch.nn.modules.module", "_global_forward_pre_hooks"),
     ("torch.nn.modules.module", "_global_backward_hooks"),
     ("torch.nn.modules.module", "_global_backward_pre_hooks"),
+    ("torch.cpu", "_is_avx512_bf16_supported"),
+    ("torch.cpu", "_is_amx_tile_supported"),
 )
 
 
@@ -81,3 +83,9 @@ def plain_execution(x: torch.Tensor) -> bool:
         and not forward_ad_active()
         and not global_module_hooks()
     )
+
+
+def cpu_bf16_supported() -> bool:
+    """torch's own answer to "does this CPU compute bfloat16 natively" (oneDNN's bf16 ISA check);
+    the accelerator asks /proc/cpuinfo first and this only where there is none."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

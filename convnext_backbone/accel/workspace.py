@@ -22,7 +22,7 @@ class _Buffers(dict):
 
 
 _local = threading.local()
-_all: "weakref.WeakSet[_Buffers]" = weakref.WeakSet()  # every live thread's buffers (gone with the thread)
+_all: weakref.WeakSet[_Buffers] = weakref.WeakSet()  # every live thread's buffers (gone with the thread)
 _all_lock = threading.Lock()
 
 

@@ -346,7 +346,20 @@ def _load_model(args: argparse.Namespace, dist: _Dist, say) -> tuple[torch.devic
         device = _device(args.device, dist.local_rank, dist.enabled)
         model = model_from_args(args, warn=say)
     compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
+    if device.type == "cpu" and compute is None:
+        _suggest_bfloat16(say)
     return device, model.to(device=device, dtype=compute)
+
+
+def _suggest_bfloat16(say) -> None:
+    """On a CPU with native bfloat16, say once that it is the faster precision (float32 stays the
+    default: the numbers change only when asked)."""
+    from ..accel.native import cpu_bf16
+
+    native, evidence = cpu_bf16()
+    if native:
+        say(f"note: this CPU computes bfloat16 natively ({evidence}): --compute-dtype bfloat16 exports faster, "
+            "with features within bfloat16 rounding of these float32 ones")
 
 
 def _export_config(args: argparse.Namespace, model: torch.nn.Module, transform, normalised_by: str) -> dict[str, Any]:
