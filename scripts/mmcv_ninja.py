@@ -6,22 +6,27 @@ this script first on PATH; it edits build.ninja, then runs the real ninja:
 
 - `-g0` is appended to the compile flags: no debug info (nothing uses it; it doubles the
   compile time). -g does not change the generated code, only adds the DWARF sections.
-- mmcv's common header `pytorch_cpp_helper.hpp` (torch/types.h plus a few macros) is
-  precompiled by the exact command ninja runs for one source (the same tokens, the source
-  swapped for the header), and every source except pybind.cpp gets
-  `-include <that header> -Winvalid-pch -Werror=invalid-pch`. A precompiled header built
-  with other flags would be silently skipped, so before any source uses it a check compiles
-  nms.cpp with `-H` and requires gcc's "! ...gch" line (= loaded). -Werror=invalid-pch turns
-  any later rejection into a compile error. Precompiling runs as a ninja edge, next to
-  pybind.cpp (the longest source, which does not use the header).
+- mmcv's common header `pytorch_cpp_helper.hpp` (torch/types.h, <vector>, `using namespace
+  at`, CHECK_* macros) is precompiled by the exact command ninja runs for one source (the
+  same tokens, the source swapped for the header), and every source except pybind.cpp gets
+  `-include <that header> -Winvalid-pch -Werror=invalid-pch`. 63 of the 77 sources include
+  it first anyway; 13 include <iostream>, <queue>, ATen or box_iou_rotated_utils.hpp before
+  it. The linked _ext .so is the same as without (byte for byte once the debug info of the
+  old -g build is stripped, apart from the build id and the temporary source path).
+- gcc silently skips a precompiled header whose flags differ in what it checks (-D/-U,
+  -std, -fPIC, ...; -O and -g it accepts), hence the exact command; and before any source
+  uses it, a check edge compiles pytorch/nms.cpp with `-H` and requires gcc's "! ...gch"
+  line (= loaded). -Werror=invalid-pch turns any later rejection into a compile error.
+  Precompiling runs as a ninja edge next to pybind.cpp (the longest source; first include
+  <torch/extension.h>, which must come before the standard headers: left alone).
 - If the header cannot be precompiled or is not used, or the build with it fails, the
   build falls back to the plain (-g0) build and says so.
-- One progress line per finished object goes to stdout:
-  `[mmcv k/N] compiled roi_align.cpp (1.6 s), ~40 s left`, and a summary at the end.
+- One progress line per finished object goes to stdout, e.g.
+  `[mmcv 12/77] roi_align.cpp compiled, 35 s in, ~60 s left`, and a summary at the end
+  (compile times from .ninja_log).
 
-Environment: MMCV_REAL_NINJA (the real ninja), MMCV_PCH=0 (skip the precompiled header),
-PYTHON running this script is the one that runs the check edge (sys.executable).
-Usage as a check edge: mmcv_ninja.py --check-pch GCH STAMP -- COMPILE_COMMAND...
+Environment: MMCV_REAL_NINJA (the real ninja; required), MMCV_PCH=0 (plain -g0 build).
+The check edge runs this file with the interpreter running it: --check-pch GCH STAMP -- CMD...
 """
 import os
 import re
@@ -44,14 +49,9 @@ def say(msg):
 
 def real_ninja():
     path = os.environ.get("MMCV_REAL_NINJA")
-    if path:
-        return path
-    me = os.path.dirname(os.path.abspath(sys.argv[0]))
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.abspath(d or ".") != me]
-    found = shutil.which("ninja", path=os.pathsep.join(dirs))
-    if not found:
-        sys.exit("mmcv_ninja.py: no real ninja on PATH (set MMCV_REAL_NINJA)")
-    return found
+    if not path or not os.access(path, os.X_OK):
+        sys.exit(f"mmcv_ninja.py: MMCV_REAL_NINJA={path!r} is not an executable ninja")
+    return path
 
 
 def ninja_escape(s):
@@ -102,6 +102,19 @@ def compile_command(ninja, build_file, obj):
     return shlex.split(out[-1])
 
 
+def without_depfile(cmd):
+    """`cmd` without gcc's -MMD -MF FILE (the dependency file ninja reads for its edge)."""
+    out, skip = [], False
+    for tok in cmd:
+        if skip:
+            skip = False
+        elif tok == "-MF":
+            skip = True
+        elif tok != "-MMD":
+            out.append(tok)
+    return out
+
+
 def pch_ninja(text, edges, ninja, build_dir):
     """Add the precompile + check edges to the plain build.ninja `text`; every source but
     NO_PCH gets -include. Returns the new text."""
@@ -125,40 +138,23 @@ def pch_ninja(text, edges, ninja, build_dir):
     gch = header + ".gch"
     stamp = os.path.join(pch_dir, "check.stamp")
 
-    # precompile: the same tokens, minus the dependency-file options, source -> header
-    pch_cmd, skip = [], 0
-    for i, tok in enumerate(cmd):
-        if skip:
-            skip -= 1
-        elif tok == "-MMD":
-            pass
-        elif tok == "-MF":
-            skip = 1
-        elif tok == src:
-            pch_cmd += ["-x", "c++-header", header]
-        elif tok == obj:
-            pch_cmd.append(gch)
-        else:
-            pch_cmd.append(tok)
-    if header not in pch_cmd or gch not in pch_cmd:
-        raise RuntimeError(f"could not derive the precompile command from: {shlex.join(cmd)}")
+    # precompile: the same tokens minus the dependency file, the header for the source
+    base = without_depfile(cmd)
+    pch_cmd = [gch if t == obj else t for t in base]
+    if pch_cmd.count(gch) != 1 or pch_cmd.count(src) != 1:
+        raise RuntimeError(f"unexpected compile command: {shlex.join(cmd)}")
+    pch_cmd[pch_cmd.index(src):pch_cmd.index(src) + 1] = ["-x", "c++-header", header]
     use = ["-include", header, "-Winvalid-pch", "-Werror=invalid-pch"]
-    check_cmd, skip = [], 0  # the same compile, its output elsewhere, no dependency file
-    for tok in cmd:
-        if skip:
-            skip -= 1
-        elif tok == "-MF":
-            skip = 1
-        elif tok != "-MMD":
-            check_cmd.append(os.path.join(pch_dir, "check.o") if tok == obj else tok)
-    check_cmd += use + ["-H"]
+    # check: the same compile with the header pre-included, its object elsewhere
+    check_cmd = [os.path.join(pch_dir, "check.o") if t == obj else t for t in base] + use + ["-H"]
 
     def q(tokens):
         return " ".join(ninja_escape(shlex.quote(t)) for t in tokens)
 
+    checker = [sys.executable, os.path.abspath(__file__), "--check-pch", gch, stamp, "--"]
     rules = (
         f"rule mmcv_pch\n  command = {q(pch_cmd)}\n\n"
-        f"rule mmcv_pch_check\n  command = {q([sys.executable, os.path.abspath(__file__), '--check-pch', gch, stamp, '--'] + check_cmd)}\n\n"
+        f"rule mmcv_pch_check\n  command = {q(checker + check_cmd)}\n\n"
         f"build {ninja_escape(gch)}: mmcv_pch {ninja_escape(header)}\n"
         f"build {ninja_escape(stamp)}: mmcv_pch_check | {ninja_escape(gch)}\n\n"
     )
@@ -182,7 +178,7 @@ def check_pch(argv):
     used = any(l.strip() == f"! {gch}" for l in r.stderr.splitlines())
     if r.returncode or not used:
         sys.stdout.write(r.stderr[-3000:])
-        print(f"mmcv_ninja.py: the precompiled header {gch} is not used "
+        print(f"[mmcv] the precompiled header {gch} is not used "
               f"(compiler exit {r.returncode}; no '! {gch}' line in gcc -H output)")
         return 1
     with open(stamp, "w") as f:
@@ -194,6 +190,7 @@ def run_ninja(ninja, args, n_objects, label):
     """Run the real ninja, passing its output through and adding one progress line per
     finished object. Returns its exit status."""
     t0 = time.monotonic()
+    log_start = log_lines()
     t_ref, done_ref = t0, 0  # the time-left estimate counts from when the header is ready
     done = 0
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
@@ -206,9 +203,14 @@ def run_ninja(ninja, args, n_objects, label):
             continue
         now = time.monotonic()
         cmd = m.group(1)
+        out = re.search(r" -o (\S+)", cmd)
         if "--check-pch" in cmd:
+            if not os.path.exists(cmd.split(" -- ")[0].split()[-1]):  # the stamp: check failed
+                continue
             what = f"checked that gcc uses the precompiled {HEADER}"
             t_ref, done_ref = now, done
+        elif not out or not os.path.exists(out.group(1)):  # failed (ninja prints FAILED next)
+            continue
         elif "c++-header" in cmd:
             what = f"precompiled {HEADER}"
         else:
@@ -222,8 +224,35 @@ def run_ninja(ninja, args, n_objects, label):
             left = f", ~{(now - t_ref) / (done - done_ref) * (n_objects - done):.0f} s left"
         say(f"[mmcv {done}/{n_objects}] {what}, {now - t0:.0f} s in{left}")
     rc = p.wait()
-    say(f"[mmcv] {label}: ninja {'finished' if rc == 0 else 'FAILED'} in {time.monotonic() - t0:.0f} s")
+    say(f"[mmcv] {label}: ninja {'finished' if rc == 0 else 'FAILED'} in {time.monotonic() - t0:.0f} s"
+        + (f"; {log_summary(log_start)}" if rc == 0 else ""))
     return rc
+
+
+def log_lines():
+    try:
+        with open(".ninja_log") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def log_summary(skip):
+    """Compile times of this run (the .ninja_log lines after the first `skip`: start and end
+    in ms per output), for the build log."""
+    try:
+        with open(".ninja_log") as f:
+            rows = [l.rstrip("\n").split("\t") for l in list(f)[skip:] if not l.startswith("#")]
+        times = {r[3]: (int(r[1]) - int(r[0])) / 1000 for r in rows if len(r) >= 4}
+    except (OSError, ValueError):
+        return "no .ninja_log"
+    objs = sorted(((t, os.path.basename(o)) for o, t in times.items() if o.endswith(".o")), reverse=True)
+    if not objs:
+        return "no objects in .ninja_log"
+    other = ", ".join(f"{os.path.basename(o)} {t:.1f} s" for o, t in times.items() if not o.endswith(".o"))
+    med = objs[len(objs) // 2][0]
+    return (f"compiler time {sum(t for t, _ in objs):.0f} s over {len(objs)} objects (median {med:.1f} s, "
+            f"slowest {', '.join(f'{n} {t:.1f} s' for t, n in objs[:3])})" + (f", {other}" if other else ""))
 
 
 def main():
@@ -253,7 +282,7 @@ def main():
             if run_ninja(ninja, args, n, "with the precompiled header") == 0:
                 say(f"[mmcv] compiled {n} objects in {time.monotonic() - t0:.0f} s (precompiled header: used)")
                 return 0
-            say("[mmcv] the build with the precompiled header failed (above); "
+            say("[mmcv] the build with the precompiled header failed (see the build log); "
                 "falling back to the plain -g0 build")
     with open("build.ninja", "w") as f:
         f.write(plain)
