@@ -278,7 +278,9 @@ def main():
         else:
             with open("build.ninja", "w") as f:
                 f.write(text)
-            say(f"[mmcv] compiling {n} sources with -g0 and a precompiled {HEADER} ({args})")
+            n_pch = sum(os.path.basename(src) not in NO_PCH for _, src in edges)
+            say(f"[mmcv] precompiling {HEADER}; compiling {n} sources with -g0, {n_pch} of them "
+                f"with the precompiled header (ninja {shlex.join(args)})")
             if run_ninja(ninja, args, n, "with the precompiled header") == 0:
                 say(f"[mmcv] compiled {n} objects in {time.monotonic() - t0:.0f} s (precompiled header: used)")
                 return 0
@@ -286,7 +288,7 @@ def main():
                 "falling back to the plain -g0 build")
     with open("build.ninja", "w") as f:
         f.write(plain)
-    say(f"[mmcv] compiling {n} sources with -g0, no precompiled header ({args})")
+    say(f"[mmcv] compiling {n} sources with -g0, no precompiled header (ninja {shlex.join(args)})")
     rc = run_ninja(ninja, args, n, "plain -g0 build")
     if rc == 0:
         say(f"[mmcv] compiled {n} objects in {time.monotonic() - t0:.0f} s (precompiled header: not used)")
