@@ -78,7 +78,7 @@ def plain_ninja(text):
     first so it does not run alone at the end). Returns (text, [(obj, src)])."""
     text = set_var(text, "post_cflags", get_var(text, "post_cflags") + " -g0")
     lines = text.splitlines()
-    edges = [(i, BUILD_RE.match(l)) for i, l in enumerate(lines)]
+    edges = [(i, BUILD_RE.match(line)) for i, line in enumerate(lines)]
     edges = [(i, m.group(1), m.group(2)) for i, m in edges if m]
     if not edges:
         raise RuntimeError("build.ninja has no compile edges")
@@ -89,7 +89,7 @@ def plain_ninja(text):
     # compile edges carry no indented variables in torch's build.ninja: each is one line
     if any(i + 1 < len(lines) and lines[i + 1].startswith(" ") for i in idx):
         raise RuntimeError("unexpected build.ninja layout (indented lines after a compile edge)")
-    body = [l for i, l in enumerate(lines) if i not in idx]
+    body = [line for i, line in enumerate(lines) if i not in idx]
     ordered = [lines[e[0]] for e in slow + rest]
     lines = body[:first] + ordered + body[first:]
     return "\n".join(lines) + "\n", [(o, s) for _, o, s in slow + rest]
@@ -175,7 +175,7 @@ def check_pch(argv):
     gch, stamp, sep, *cmd = argv
     assert sep == "--"
     r = subprocess.run(cmd, capture_output=True, text=True)
-    used = any(l.strip() == f"! {gch}" for l in r.stderr.splitlines())
+    used = any(line.strip() == f"! {gch}" for line in r.stderr.splitlines())
     if r.returncode or not used:
         sys.stdout.write(r.stderr[-3000:])
         print(f"[mmcv] the precompiled header {gch} is not used "
@@ -242,7 +242,7 @@ def log_summary(skip):
     in ms per output), for the build log."""
     try:
         with open(".ninja_log") as f:
-            rows = [l.rstrip("\n").split("\t") for l in list(f)[skip:] if not l.startswith("#")]
+            rows = [line.rstrip("\n").split("\t") for line in list(f)[skip:] if not line.startswith("#")]
         times = {r[3]: (int(r[1]) - int(r[0])) / 1000 for r in rows if len(r) >= 4}
     except (OSError, ValueError):
         return "no .ninja_log"
