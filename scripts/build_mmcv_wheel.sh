@@ -21,6 +21,8 @@ VERSION=2.1.0
 mkdir -p "$CACHE"
 if ls "$CACHE"/mmcv-$VERSION-*.whl >/dev/null 2>&1; then
   echo "mmcv $VERSION wheel already cached: $(ls "$CACHE"/mmcv-$VERSION-*.whl)"
+  # how that build went (the line this script printed when it built the wheel), if recorded
+  sed -n 's/^mmcv [0-9.]* built in /  built earlier in /p' "$CACHE/mmcv-build.log" 2>/dev/null | tail -1
   exit 0
 fi
 T0=$SECONDS
@@ -39,7 +41,7 @@ mkdir -p "$WORK/bin"
 printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$PY" "$HERE/mmcv_ninja.py" >"$WORK/bin/ninja"
 chmod +x "$WORK/bin/ninja"
 JOBS=${MAX_JOBS:-$(nproc)}
-echo "compiling mmcv $VERSION ops (CPU, C++20, $JOBS jobs): about 2 min on 2 idle cores, once per machine"
+echo "compiling mmcv $VERSION ops (CPU, C++20, $JOBS jobs): about 3 min on 2 idle cores, once per machine"
 # pip -v streams the build's output: all of it goes to build.log, the progress lines (which
 # mmcv_ninja.py starts with "[mmcv") to the terminal.
 set +e
@@ -57,5 +59,6 @@ fi
 # Write under a temporary name first so an interrupted copy never looks like a cached wheel.
 WHL=$(ls "$WORK"/dist/mmcv-$VERSION-*.whl)
 cp "$WHL" "$CACHE/.partial.whl" && mv "$CACHE/.partial.whl" "$CACHE/$(basename "$WHL")"
-cp "$WORK/build.log" "$CACHE/mmcv-build.log"
-echo "mmcv $VERSION built in $((SECONDS - T0)) s (download, compile, wheel); cached $CACHE/$(basename "$WHL")"
+SUMMARY="mmcv $VERSION built in $((SECONDS - T0)) s (download, compile, wheel; $(sed -n 's/^ *\[mmcv\] compiled //p' "$WORK/build.log" | tail -1))"
+{ cat "$WORK/build.log"; echo "$SUMMARY"; } >"$CACHE/mmcv-build.log"
+echo "$SUMMARY; cached $CACHE/$(basename "$WHL")"

@@ -7,7 +7,7 @@
 # Environment:
 #   PYTHON=python3          interpreter used to create .venv (>= 3.10)
 #   CONVNEXT_CACHE=DIR      download/wheel cache (default ~/.cache/convnext-backbone);
-#                           the mmcv wheel built here (~2 min) is reused from it
+#                           the mmcv wheel built here (~3 min) is reused from it
 #   CONVNEXT_D2_SOURCE=1    install detectron2 from its official source repository with its
 #                           compiled ops instead of the repacked PyPI wheel (needs network
 #                           access to github.com and a C++ toolchain)
@@ -82,7 +82,7 @@ STEPS=(base detectron2 mmcv project)
 declare -A DESCRIBE=(
   [base]="torch, torchvision, numpy<2, setuptools<81, wheel"
   [detectron2]="detectron2 ($([ "$D2_SOURCE" = 1 ] && echo "official source with compiled ops" || echo "PyPI sal-detectron2 repacked as pure Python"))"
-  [mmcv]="mmcv $MMCV_VERSION with ops (C++20 build, cached in $WHEELS; ~2 min the first time)"
+  [mmcv]="mmcv $MMCV_VERSION with ops (C++20 build, cached in $WHEELS; ~3 min the first time)"
   [project]="convnext-backbone (editable) with extras [all]"
 )
 declare -A HINTS=(

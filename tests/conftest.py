@@ -8,6 +8,7 @@ not installed; the whole suite (what CI runs) needs them and fails loudly withou
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,15 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if config.getoption("markexpr", "").strip() == "core" and needs_frameworks(collection_path):
         return True
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests send SIGINT to the commands they start, as a terminal does. A suite started
+    in the background of a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored,
+    and so would every child: Python then installs no KeyboardInterrupt handler and the signal is
+    lost. Give the children the disposition a terminal user's commands have."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -331,6 +331,8 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
             say(message)
         for note in plan["notes"]:
             say(f"input: {note}")
+        if device.type == "cpu" and args.compute_dtype == "auto":
+            _suggest_bfloat16(say)  # once the export starts: a refused run says only why
         stats, all_stats, outcome = _export_shard(args, model, device, transform, plan, out, dist)
         if dist.rank == 0:
             _summarise(stats, all_stats, outcome, plan, out, say)
@@ -346,14 +348,12 @@ def _load_model(args: argparse.Namespace, dist: _Dist, say) -> tuple[torch.devic
         device = _device(args.device, dist.local_rank, dist.enabled)
         model = model_from_args(args, warn=say)
     compute = None if args.compute_dtype in ("auto", "float32") else DTYPES[args.compute_dtype]
-    if device.type == "cpu" and compute is None:
-        _suggest_bfloat16(say)
     return device, model.to(device=device, dtype=compute)
 
 
 def _suggest_bfloat16(say) -> None:
     """On a CPU with native bfloat16, say once that it is the faster precision (float32 stays the
-    default: the numbers change only when asked)."""
+    default: the numbers change only when asked; an explicit --compute-dtype float32 is not told)."""
     from ..accel.native import cpu_bf16
 
     native, evidence = cpu_bf16()
