@@ -53,8 +53,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object] | bytes
                     os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename == tmp:  # name the user's file, not our temp name
+            e.filename, e.filename2 = str(path), None
         raise
     return path
 

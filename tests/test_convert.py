@@ -134,7 +134,7 @@ def test_convert_command_timm_classifier_to_backbone_and_classifier(tmp_path, ca
 def test_convert_command_reports_failure(tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r.pth")
     assert cli_main(["convert", str(tmp_path / "r.pth"), str(tmp_path / "out")]) == 2
-    assert "convert failed: unrecognised checkpoint" in capsys.readouterr().out
+    assert "convert failed: unrecognised checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -151,7 +151,7 @@ def test_convert_refuses_an_existing_dst_file_before_loading(tmp_path, atto_dir,
                             (dst / "sub", f"{dst} is a file, so {dst / 'sub'} cannot be created as a directory")]:
         capsys.readouterr()
         assert cli_main(["convert", str(atto_dir), str(target)]) == 2
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         assert out.startswith(f"convert failed: {message}") and out.count("\n") == 1, out
     assert dst.read_bytes() == b"keep me"
 
@@ -225,7 +225,7 @@ def test_convert_never_writes_over_its_source(tmp_path, capsys):
     for src, dst, message in cases:
         capsys.readouterr()
         assert cli_main(["convert", str(src), str(dst)]) == 2, (src, dst)
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         assert out.startswith("convert failed: ") and message in out and out.count("\n") == 1, out
     assert {p: p.read_bytes() for d in (ours, hf, tmp_path / "hard") for p in sorted(d.iterdir())} == before
     # a new directory, also one inside the source's, is fine

@@ -227,3 +227,31 @@ def test_show_mistakes_are_one_line(weights, images, tmp_path, capsys):
     assert cli(["show", str(images / "bad.png"), "--weights", str(weights), "--out", str(tmp_path / "fig.png")]) == 2
     assert "cannot identify image file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("failing", ["write", "rename"])
+def test_a_failed_atomic_write_names_the_destination_and_leaves_the_old_file(tmp_path, monkeypatch, failing):
+    """Disk full while writing, or the rename refused: the error names the file the user asked
+    for (not the hidden temp file), the old content stays, and no temp file is left."""
+    import errno
+
+    from convnext_backbone import fileio
+
+    dst = tmp_path / "results.json"
+    dst.write_text("old")
+
+    def write(tmp):
+        Path(tmp).write_text("half")
+        if failing == "write":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+
+    if failing == "rename":
+        def refuse(src, target):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), src, target)
+
+        monkeypatch.setattr(fileio.os, "replace", refuse)
+    with pytest.raises(OSError) as caught:
+        fileio.atomic_write(dst, write)
+    assert str(dst) in str(caught.value) and ".tmp" not in str(caught.value), str(caught.value)
+    assert dst.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

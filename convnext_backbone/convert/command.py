@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 from pathlib import Path
 
 from ..families import FAMILIES, get_family
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         report = load_converted(model, conv, strict=not args.no_strict, source=str(local), name=str(args.src),
                                 hint="Pass --no-strict to write what matches (the report lists the rest).")
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"convert failed: {e}")
+        print(f"convert failed: {e}", file=sys.stderr)
         return 2
     print(f"model: {type(config).__name__} depths={config.depths} hidden_sizes={config.hidden_sizes} -> {cls.__name__}"
           + (f" out_features={config.out_features}" if args.to == "backbone" else f" num_labels={config.num_labels}"))
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = model.save_pretrained(args.dst)
     except OSError as e:  # disk full, permissions changed meanwhile: nothing half-written (atomic writes)
-        print(f"convert failed: cannot write {args.dst}: {e}")
+        print(f"convert failed: cannot write {args.dst}: {e}", file=sys.stderr)
         return 2
     written = [out / name for name in ("model.safetensors", "config.json", "preprocessor_config.json") if (out / name).exists()]
     print(f"wrote {', '.join(map(str, written))}")
