@@ -81,7 +81,7 @@ def _streamed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return native.bias_gelu_(h, fc1.bias, approximate, sumsq)
         torch.addmm(fc1.bias, t, w1t, out=h)
         torch.ops.aten.gelu_(h, approximate=approximate)
-        return _sum_of_squares(h) if sumsq else None
+        return _sum_of_squares(h.unsqueeze(0))[0] if sumsq else None
 
     def residual(p0: int, p1: int, h: torch.Tensor, w2t: torch.Tensor, b2: torch.Tensor) -> None:
         """Rows [p0, p1) of the output: ``x + h @ w2t + b2``."""
@@ -133,12 +133,12 @@ def _scaled(w: torch.Tensor, scale: torch.Tensor, in_c: bool = False) -> torch.T
 
 
 def _sum_of_squares(h: torch.Tensor) -> torch.Tensor:
-    """Float32 column sums of h*h for a (rows, C) tensor: one pass in C, no temporary."""
-    got = native.sum_of_squares(h.unsqueeze(0))
+    """Float32 sums of h*h over dim 1 of an (N, L, C) tensor: one pass in C, no temporary."""
+    got = native.sum_of_squares(h)
     if got is not None:
-        return got[0]
+        return got
     # without the C kernel: float32 sums as the reference's GRN takes them (float32 for float32 too)
-    return (h * h).sum(0) if h.dtype == torch.float32 else torch.linalg.vector_norm(h, dim=0, dtype=torch.float32).square()
+    return (h * h).sum(1) if h.dtype == torch.float32 else torch.linalg.vector_norm(h, dim=1, dtype=torch.float32).square()
 
 
 def _grn_scale(grn: nn.Module, sumsq: torch.Tensor) -> torch.Tensor:
@@ -179,10 +179,10 @@ def _residual(block: nn.Module, x: torch.Tensor, rows: tuple[int, ...], b: torch
     rounded before the residual sum, as the reference rounds it); otherwise ``project(x + b)``: the
     residual and bias summed first, so that the last GEMM accumulates into them."""
     n, c, hh, ww = x.shape
-    if block.training and isinstance(block.drop_path, DropPath) and block.drop_path.drop_prob > 0:
-        return x + block.drop_path(project(b).view(n, hh, ww, c).permute(0, 3, 1, 2))
-    if x.dtype != torch.float32:
-        return x + project(b).view(n, hh, ww, c).permute(0, 3, 1, 2)
+    drop = block.training and isinstance(block.drop_path, DropPath) and block.drop_path.drop_prob > 0
+    if drop or x.dtype != torch.float32:
+        branch = project(b).view(n, hh, ww, c).permute(0, 3, 1, 2)
+        return x + (block.drop_path(branch) if drop else branch)
     acc = x.permute(0, 2, 3, 1).reshape(*rows, c) + b  # the permute is a view on channels_last input
     return project(acc).view(n, hh, ww, c).permute(0, 3, 1, 2)
 
@@ -194,8 +194,7 @@ class _SumOfSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h):
         ctx.save_for_backward(h)
-        got = native.sum_of_squares(h)
-        return got if got is not None else torch.linalg.vector_norm(h, dim=1, dtype=torch.float32).square()
+        return _sum_of_squares(h)
 
     @staticmethod
     def backward(ctx, grad):

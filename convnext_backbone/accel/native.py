@@ -374,7 +374,7 @@ def sum_of_squares(x: torch.Tensor) -> torch.Tensor | None:
     one pass (no float32 copy of a bfloat16 tensor); None where the kernel does not apply (the
     caller then uses torch)."""
     n, length, c = x.shape
-    if x.dtype not in DTYPES or c % 8 or c > 4096 or not x.is_contiguous() or _load() is None:
+    if not usable_rows(x):
         return None
     with record_function("convnext::sum_of_squares"):
         return _summed("sum_of_squares_rows", x, n * length, (n, c), lambda p: (x.data_ptr(), p, length, c))
