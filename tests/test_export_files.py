@@ -255,3 +255,25 @@ def test_a_failed_atomic_write_names_the_destination_and_leaves_the_old_file(tmp
     assert str(dst) in str(caught.value) and ".tmp" not in str(caught.value), str(caught.value)
     assert dst.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("command", ["export", "show"])
+def test_bad_image_mean_or_std_is_one_line_before_the_model_loads(weights, images, tmp_path, monkeypatch, capsys, command):
+    from convnext_backbone.export import run as export_run
+    from convnext_backbone.export import show
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before --image-mean/--image-std were checked")
+
+    monkeypatch.setattr(export_run, "model_from_args", no_loading)
+    monkeypatch.setattr(show, "model_from_args", no_loading)
+    argv = (["export", "--weights", str(weights), "--input", str(images), "--out", str(tmp_path / "out"), "--no-progress"]
+            if command == "export" else ["show", str(images / "a.png"), "--weights", str(weights), "--out", str(tmp_path / "fig.png")])
+    for extra, want in [(["--image-mean", "0.5,0.5,0.5"], "give both --image-mean and --image-std (or neither)"),
+                        (["--image-mean", "0.5,0.5", "--image-std", "0.2,0.2,0.2"], "take three values each (std > 0)"),
+                        (["--image-mean", "0.5,0.5,0.5", "--image-std", "0.2,0,0.2"], "take three values each (std > 0)")]:
+        capsys.readouterr()
+        assert cli(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())

@@ -78,16 +78,22 @@ def load_model(
     return model.eval()
 
 
+def check_normalisation_args(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """--image-mean/--image-std as given: both or neither, three values each, std > 0 (checked before
+    a model is loaded)."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both --image-mean and --image-std (or neither)")
+    if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
+        raise ValueError(f"--image-mean and --image-std take three values each (std > 0), got {list(mean)} and {list(std)}")
+
+
 def normalisation(model: torch.nn.Module, weights: str | os.PathLike | None = None,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tuple[list[float], list[float], str]:
     """``(mean, std, where from)`` to normalise the images for ``model``, by precedence: what the user
     gave; a ``preprocessor_config.json`` beside the weights (``convert`` writes one); the weights'
     family (``model.config.weights_family``); ImageNet's, said to be a guess."""
-    if (mean is None) != (std is None):
-        raise ValueError("give both --image-mean and --image-std (or neither)")
+    check_normalisation_args(mean, std)
     if mean is not None:
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"--image-mean and --image-std take three values each (std > 0), got {list(mean)} and {list(std)}")
         return [float(v) for v in mean], [float(v) for v in std], "given (--image-mean/--image-std)"
     processor_file = Path(weights) / "preprocessor_config.json" if weights is not None and Path(weights).is_dir() else None
     if processor_file is not None and processor_file.is_file():

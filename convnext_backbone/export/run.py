@@ -31,7 +31,16 @@ from torch.utils.data import DataLoader, Dataset
 from ..cli_errors import UserError, interrupt_note, user_errors
 from ..fileio import atomic_write, check_not_overwriting
 from ..messages import shortened
-from .features import DTYPES, add_model_arguments, add_preprocessing_arguments, autocast_for, model_fingerprint, model_from_args, normalisation
+from .features import (
+    DTYPES,
+    add_model_arguments,
+    add_preprocessing_arguments,
+    autocast_for,
+    check_normalisation_args,
+    model_fingerprint,
+    model_from_args,
+    normalisation,
+)
 from .images import DEFAULT_SIZE, RESIZE_MODES, InputList, list_inputs, load_image, make_transform
 from .store import (
     CONFIG_NAME,
@@ -316,6 +325,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     with user_errors():  # a ValueError while setting up is a bad argument or checkpoint
         _check_args(args)
         make_transform(args.resize, args.size)  # checks --resize and --size before the model loads
+        check_normalisation_args(args.image_mean, args.image_std)  # ... and --image-mean/--image-std
     dist_device_type = "cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
     dist = _Dist(dist_device_type)
     out = Path(args.out)

@@ -18,7 +18,7 @@ import torch
 
 from ..cli_errors import user_errors
 from ..fileio import atomic_write, check_not_overwriting
-from .features import add_model_arguments, add_preprocessing_arguments, extract_features, model_from_args, normalisation
+from .features import add_model_arguments, add_preprocessing_arguments, check_normalisation_args, extract_features, model_from_args, normalisation
 from .images import DEFAULT_SIZE, load_image, make_transform
 
 __all__ = ["add_arguments", "pca_rgb", "render", "run"]
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     with user_errors():  # a bad image, size, figure format or checkpoint: one line (cli_errors.run_cli)
         check_not_overwriting([args.image, args.weights], args.out)
         _check_format(args.out)
+        check_normalisation_args(args.image_mean, args.image_std)
         model = model_from_args(args)
         image, _ = load_image(args.image)
         mean, std, _ = normalisation(model, args.weights, args.image_mean, args.image_std)
