@@ -11,7 +11,7 @@ architecture from shapes), ``loading`` (into a model, the report), ``pretrained`
 format, ``from_pretrained``), ``command`` (``convnext-backbone convert``).
 """
 from .formats import Conversion, convert_state_dict, detect_format, infer_config
-from .loading import STRICT_HINT, LoadReport, describe_mismatch, load_checkpoint, load_converted, match_converted
+from .loading import STRICT_HINT, LoadReport, backbone_mismatch, describe_mismatch, load_checkpoint, load_converted, match_converted
 from .pretrained import from_pretrained, open_checkpoint, save_pretrained
 from .reading import WEIGHT_FILES, CheckpointError, read_checkpoint
 
@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "Conversion",
     "LoadReport",
+    "backbone_mismatch",
     "convert_state_dict",
     "describe_mismatch",
     "detect_format",

@@ -15,7 +15,7 @@ from ..messages import shortened
 from .formats import Conversion, convert_state_dict, infer_config
 from .reading import CheckpointError, read_checkpoint
 
-__all__ = ["STRICT_HINT", "LoadReport", "describe_mismatch", "is_classifier", "load_checkpoint", "load_converted", "match_converted"]
+__all__ = ["STRICT_HINT", "LoadReport", "backbone_mismatch", "describe_mismatch", "is_classifier", "load_checkpoint", "load_converted", "match_converted"]
 
 @dataclass
 class LoadReport:
@@ -141,6 +141,17 @@ def describe_mismatch(report: LoadReport, conv: Conversion, model: nn.Module, pr
     errs = report.errors(prefix)
     shown = "\n  ".join(shortened(errs))
     return f"{_architectures(conv, model)}{len(errs)} problem(s):\n  {shown}"
+
+
+def backbone_mismatch(model: nn.Module, state: Mapping[str, object], prefix: str) -> str | None:
+    """What does not fit when the ``prefix`` part of a whole detector's or segmentor's checkpoint (its
+    backbone, in our names) is loaded into ``model`` by the core's rules: a missing, mis-shaped or
+    unused tensor, naming both architectures; None when it fits. The adapters' loaders decide
+    whether that is an error."""
+    part = {k[len(prefix):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)}
+    conv = convert_state_dict(part, fmt="official")
+    report, _ = match_converted(model, conv)
+    return None if report.ok else describe_mismatch(report, conv, model, prefix)
 
 
 def load_converted(model: nn.Module, conv: Conversion, strict: bool = True, source: str = "checkpoint",

@@ -30,7 +30,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from convnext_backbone import CheckpointError
-from convnext_backbone.convert import convert_state_dict, describe_mismatch, load_converted, match_converted, read_checkpoint
+from convnext_backbone.convert import backbone_mismatch, convert_state_dict, load_converted, read_checkpoint
 from convnext_backbone.families import get_family, normalisation_mismatch
 from convnext_backbone.fileio import atomic_write
 from convnext_backbone.messages import shortened
@@ -157,13 +157,10 @@ class ConvNextCheckpointer(DetectionCheckpointer):
         architectures; output norms the model does not return are fine. Keys outside the backbone (FPN,
         heads) are Detectron2's business, with its own warnings."""
         _, trunk = find_convnext(self.model)
-        backbone = {k[len(prefix):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)}
-        conv = convert_state_dict(backbone, fmt="official")
-        report, _ = match_converted(trunk, conv)
-        if report.ok:
+        mismatch = backbone_mismatch(trunk, state, prefix)
+        if mismatch is None:
             return
-        message = (f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone: "
-                   f"{describe_mismatch(report, conv, trunk, prefix)}")
+        message = f"{source}: Detectron2 checkpoint does not fit this model's ConvNeXt backbone: {mismatch}"
         if self.strict:
             raise self._error(message)
         self.logger.warning(f"{message}\n(non-strict load: the rest is loaded)")

@@ -75,7 +75,7 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 
 from convnext_backbone import CheckpointError, ConvNextBackbone
-from convnext_backbone.convert import convert_state_dict, describe_mismatch, match_converted
+from convnext_backbone.convert import backbone_mismatch
 from convnext_backbone.families import get_family, normalisation_mismatch
 
 __all__ = [
@@ -305,11 +305,10 @@ def check_backbone_weights(model: torch.nn.Module, checkpoint: dict, source: str
         return
     state = checkpoint.get("state_dict", checkpoint)
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-    conv = convert_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, fmt="official")
-    report, _ = match_converted(backbone, conv)
-    if report.ok:
+    mismatch = backbone_mismatch(backbone, state, "backbone.")
+    if mismatch is None:
         return
-    message = f"{source}: the checkpoint's backbone does not fit this model's ConvNeXt backbone: {describe_mismatch(report, conv, backbone, 'backbone.')}"
+    message = f"{source}: the checkpoint's backbone does not fit this model's ConvNeXt backbone: {mismatch}"
     if strict:
         raise CheckpointError(f"{message}\nTo load what fits (the rest is logged), set {STRICT_KEY}=False in the config "
                               f"(or --cfg-options {STRICT_KEY}=False).")
