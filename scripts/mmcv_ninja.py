@@ -265,8 +265,6 @@ def main():
     build_dir = os.getcwd()
     with open("build.ninja") as f:
         original = f.read()
-    with open("build.ninja.orig", "w") as f:
-        f.write(original)
     plain, edges = plain_ninja(original)
     n = len(edges)
     t0 = time.monotonic()

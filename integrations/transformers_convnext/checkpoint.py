@@ -93,8 +93,7 @@ def load_backbone_weights(
     return report
 
 
-def _load_core(backbone: ConvNextBackboneModel, checkpoint: Path | Mapping[str, torch.Tensor], strict: bool, name: str,
-               hint: str | None = None) -> LoadReport:
+def _load_core(backbone: ConvNextBackboneModel, checkpoint: Path | Mapping[str, torch.Tensor], strict: bool, name: str) -> LoadReport:
     """The core's load into ``backbone``; ``name`` (what the user called the weights) tells their family
     best. A directory's ``config.json`` family counts when the backbone config names none. The family
     ends up in the backbone's transformers config too (``save_pretrained`` writes it)."""
@@ -108,8 +107,7 @@ def _load_core(backbone: ConvNextBackboneModel, checkpoint: Path | Mapping[str, 
     file_config = file_config or {}
     # a backbone directory says it at the top; a whole model's (UperNet ...) in its backbone_config
     said = file_config.get("weights_family") or (file_config.get("backbone_config") or {}).get("weights_family")
-    kwargs = {} if hint is None else {"hint": hint}
-    report = load_converted(core, convert_state_dict(state), strict=strict, source=source, name=name, family=said, **kwargs)
+    report = load_converted(core, convert_state_dict(state), strict=strict, source=source, name=name, family=said)
     if report.weights_family and backbone.config.weights_family != report.weights_family:
         backbone.config.weights_family = report.weights_family
     return report
