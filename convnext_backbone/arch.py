@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import CONFIG_CLASSES, FIELDS, ConvNextConfig
 from .messages import closest
-from .presets import PRESET_FIELDS, PRESETS, list_presets, model_type_of_version, split_preset_name
+from .presets import PRESETS, list_presets, model_type_of_version, preset_kwargs, split_preset_name
 
 __all__ = ["config_from_arch", "config_from_preset_name", "resolve_arch"]
 
@@ -46,8 +46,7 @@ def resolve_arch(arch: str | dict, version: str | None = None) -> tuple[str, dic
     if not isinstance(arch, str):
         raise ValueError(f"arch must be a preset name such as 'convnext_tiny' / 'convnextv2_atto' or a dict(depths, dims), got {arch!r}")
     model_type, size = _preset_from_name(arch, model_type, version)
-    depths, hidden = PRESETS[model_type][size]
-    return model_type, {"depths": list(depths), "hidden_sizes": list(hidden), **PRESET_FIELDS.get(f"{model_type}_{size}", {})}
+    return model_type, preset_kwargs(model_type, size)
 
 
 def _shape_from_dict(arch: dict) -> dict[str, list[int]]:

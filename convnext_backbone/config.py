@@ -23,7 +23,7 @@ from .families import get_family
 from .fileio import atomic_write
 from .hf_keys import HF_GENERIC_KEYS
 from .messages import closest
-from .presets import PRESET_FIELDS, PRESETS, preset_name
+from .presets import PRESETS, preset_kwargs, preset_name
 
 __all__ = [
     "CONFIG_CLASSES",
@@ -31,11 +31,9 @@ __all__ = [
     "OUTPUT_NORM_KEY",
     "ConvNextConfig",
     "ConvNextV2Config",
-    "derive_out_features_out_indices",
     "output_norm_name",
     "resolve_out_features_out_indices",
     "stage_names_for",
-    "verify_out_features_out_indices",
 ]
 
 
@@ -53,7 +51,7 @@ OUTPUT_NORM_KEY = re.compile(r"^(norm_stem|norm\d+)\.")  # state-dict keys of th
 
 
 # ---- out_features / out_indices: transformers' rules, verified then derived ------------------------
-def verify_out_features_out_indices(
+def _verify_out_features_out_indices(
     out_features: Sequence[str] | None, out_indices: Sequence[int] | None, stage_names: Sequence[str]
 ) -> tuple[list[str] | None, list[int] | None]:
     """Check each given selection against ``stage_names`` (a subset, no duplicates, stage order,
@@ -110,7 +108,7 @@ def _verified_indices(out_indices: Any, names: list[str]) -> list[int]:
     return norm
 
 
-def derive_out_features_out_indices(
+def _derive_out_features_out_indices(
     out_features: list[str] | None, out_indices: list[int] | None, stage_names: Sequence[str]
 ) -> tuple[list[str], list[int]]:
     """Verified selections -> aligned ``(out_features, out_indices)``: neither given means the last
@@ -131,7 +129,7 @@ def resolve_out_features_out_indices(
     stage_names: Sequence[str],
 ) -> tuple[list[str], list[int]]:
     """Apply HF backbone rules; return aligned ``(out_features, out_indices)`` (verify, then derive)."""
-    return derive_out_features_out_indices(*verify_out_features_out_indices(out_features, out_indices, stage_names), stage_names)
+    return _derive_out_features_out_indices(*_verify_out_features_out_indices(out_features, out_indices, stage_names), stage_names)
 
 
 # ---- the fields: one table of defaults and rules ---------------------------------------------------
@@ -362,10 +360,7 @@ class ConvNextConfig:
         presets = PRESETS[cls.model_type]
         if name not in presets:
             raise ValueError(f"unknown {cls.model_type} preset {name!r}{closest(name, presets, 'the presets')}")
-        depths, hidden_sizes = presets[name]
-        kwargs: dict[str, Any] = {"depths": depths, "hidden_sizes": hidden_sizes, **PRESET_FIELDS.get(f"{cls.model_type}_{name}", {})}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(**{**preset_kwargs(cls.model_type, name), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: copy.deepcopy(getattr(self, k)) for k in FIELDS}

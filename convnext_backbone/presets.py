@@ -6,7 +6,7 @@ from typing import Any
 
 from .messages import closest
 
-__all__ = ["PRESETS", "PRESET_FIELDS", "VERSIONS", "list_presets", "model_type_of_version", "preset_name", "split_preset_name", "version_of"]
+__all__ = ["PRESETS", "PRESET_FIELDS", "VERSIONS", "list_presets", "model_type_of_version", "preset_kwargs", "preset_name", "split_preset_name", "version_of"]
 
 # (depths, hidden_sizes) as published: V1 in "A ConvNet for the 2020s", V2 in "ConvNeXt V2", and the
 # CLIP ConvNeXt-XXL of "Reproducible scaling laws for contrastive language-image learning" (open_clip).
@@ -36,6 +36,12 @@ PRESET_FIELDS: dict[str, dict[str, Any]] = {"convnext_xxlarge": {"norm_eps": 1e-
 
 # Every accepted spelling of a version -> the model type (= preset prefix, config.json model_type).
 VERSIONS = {"v1": "convnext", "v2": "convnextv2", "convnext": "convnext", "convnextv2": "convnextv2"}
+
+
+def preset_kwargs(model_type: str, size: str) -> dict[str, Any]:
+    """A preset's config fields: its depths and widths, and any field it sets apart (PRESET_FIELDS)."""
+    depths, hidden_sizes = PRESETS[model_type][size]
+    return {"depths": list(depths), "hidden_sizes": list(hidden_sizes), **PRESET_FIELDS.get(f"{model_type}_{size}", {})}
 
 
 def model_type_of_version(version: Any) -> str:
