@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..families import FAMILIES, get_family
 from ..fileio import check_not_overwriting
+from ..hub import resolve_pretrained
 from ..messages import shortened
 from ..model import ConvNextBackbone, ConvNextForImageClassification
 from .formats import Conversion, infer_config
@@ -76,9 +77,9 @@ def check_destination(dst: str | os.PathLike) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check_destination(args.dst)
-        check_not_overwriting([args.src], args.dst, directory=True)
-        local, conv, config_dict = open_checkpoint(args.src)
-        check_not_overwriting([local], args.dst, directory=True)  # a hub id is a local snapshot only now
+        local = resolve_pretrained(args.src)  # a hub id: its local snapshot, checked before anything is read
+        check_not_overwriting([local], args.dst, directory=True)
+        _, conv, config_dict = open_checkpoint(local)
         print(describe_conversion(conv), end="")
         overrides: dict = {}
         if args.to == "backbone":
