@@ -32,6 +32,16 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def conv_grads(fn, x, weight, bias, grad_y, dtype) -> list[torch.Tensor]:
+    """``fn(x, weight, bias)`` on copies in ``dtype``, backward of ``grad_y``: [y, grad x, grad
+    weight, grad bias] in float64, to compare a convolution with another and with float64."""
+    xi = x.detach().to(dtype).requires_grad_()
+    wi, bi = weight.detach().to(dtype).requires_grad_(), bias.detach().to(dtype).requires_grad_()
+    y = fn(xi, wi, bi)
+    y.backward(grad_y.to(dtype))
+    return [t.double() for t in (y, xi.grad, wi.grad, bi.grad)]
+
+
 def max_abs_diff(a, b) -> float:
     if isinstance(a, (list, tuple)):
         assert len(a) == len(b), (len(a), len(b))
@@ -43,6 +53,7 @@ def max_abs_diff(a, b) -> float:
 # ---- training in a subprocess (the OpenMMLab train commands) --------------------------------
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -81,6 +92,45 @@ def logged_scalars(work: Path) -> list[list[dict]]:
                 pass
         runs.append(rows)
     return runs
+
+
+# ---- OpenMMLab training runs: checkpoints, and a run killed between two of them ------------------
+def load_mmengine_checkpoint(path: Path) -> dict:
+    """An mmengine checkpoint under torch's ``weights_only=True`` default."""
+    from openmmlab_convnext import mmengine_checkpoint_globals
+
+    with mmengine_checkpoint_globals():
+        return torch.load(path, map_location="cpu")
+
+
+def _last_checkpoint_iter(work: Path) -> int:
+    """The iteration of the checkpoint mmengine's ``last_checkpoint`` names (-1: none yet)."""
+    last = work / "last_checkpoint"
+    m = re.search(r"iter_(\d+)\.pth$", last.read_text()) if last.is_file() else None
+    return int(m.group(1)) if m else -1
+
+
+def kill_after_checkpoint(cmd: list[str], work: Path, log: Path, at_least: int, timeout: float) -> tuple[int, int]:
+    """Start a training command (output into ``log``) and SIGKILL it once its last checkpoint is at
+    iteration ``at_least`` or later: a run caught between checkpoints, whatever the machine's speed.
+    -> (that checkpoint's iteration, the command's return code)."""
+    import signal
+    import time
+
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and _last_checkpoint_iter(work) < at_least:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"run 1 ended before it could be killed:\n{log_tail(log)}"
+        assert _last_checkpoint_iter(work) >= at_least, f"no checkpoint at iteration >= {at_least} in time:\n{log_tail(log)}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return _last_checkpoint_iter(work), proc.returncode
 
 
 # ---- the official layer-wise lr decay rule, restated independently of the code under test ----

@@ -37,12 +37,7 @@ def _errors(n, c, h, w, threads, seed=0):
     assert dwconv.usable(x)
 
     def grads(fn, dtype):
-        conv.zero_grad()
-        xi = x.detach().to(dtype).requires_grad_()
-        wi, bi = (conv.weight.detach().to(dtype).requires_grad_(), conv.bias.detach().to(dtype).requires_grad_())
-        y = fn(xi, wi, bi)
-        y.backward(gy.to(dtype))
-        return [t.double() for t in (y, xi.grad, wi.grad, bi.grad)]
+        return conv_grads(fn, x, conv.weight, conv.bias, gy, dtype)
 
     def ours(xi, wi, bi):
         return dwconv._DepthwiseConv7.apply(xi, wi, bi)
@@ -213,7 +208,7 @@ from torch import nn  # noqa: E402
 from convnext_backbone import accel  # noqa: E402
 from convnext_backbone.layers import Block  # noqa: E402
 
-from helpers import max_abs_diff, randomize_  # noqa: E402
+from helpers import conv_grads, max_abs_diff, randomize_  # noqa: E402
 
 LEAVES = ("dwconv", "norm", "pwconv1", "act", "grn", "pwconv2", "drop_path")
 

@@ -25,7 +25,7 @@ from convnext_backbone import ConvNextBackbone, build_backbone
 from convnext_backbone.accel import native
 from convnext_backbone.layers import Block
 
-from helpers import max_abs_diff, randomize_
+from helpers import conv_grads, max_abs_diff, randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 BF16 = torch.bfloat16
@@ -129,11 +129,7 @@ def test_bf16_depthwise_and_gradients_match_float64(shape, threads):
     assert native.usable(x)
 
     def grads(fn, dtype):
-        xi = x.detach().to(dtype).requires_grad_()
-        wi, bi = (conv.weight.detach().to(dtype).requires_grad_(), conv.bias.detach().to(dtype).requires_grad_())
-        y = fn(xi, wi, bi)
-        y.backward(gy.to(dtype))
-        return [t.double() for t in (y, xi.grad, wi.grad, bi.grad)]
+        return conv_grads(fn, x, conv.weight, conv.bias, gy, dtype)
 
     def torch_conv(xi, wi, bi):
         return F.conv2d(xi, wi, bi, padding=3, groups=shape[1])

@@ -9,23 +9,18 @@ with SIGKILL after a checkpoint and resumed to the end; it also serves as the le
 from __future__ import annotations
 
 import math
-import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import mmdet
 import pytest
-import torch
 
 from convnext_backbone.synthetic import SyntheticSpec, make_coco_split
 from mmdet_convnext.train import main as train_main
-from openmmlab_convnext import mmengine_checkpoint_globals
 
-from helpers import REPO, log_tail, logged_scalars, run_logged, subprocess_env
+from helpers import REPO, kill_after_checkpoint, load_mmengine_checkpoint, log_tail, logged_scalars, run_logged
 
 SMOKE = REPO / "configs" / "mmdet" / "smoke" / "dino_4scale_convnextv2_atto_shapes.py"
 MMDET_TRAIN = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"  # MMDetection's own script
@@ -51,11 +46,6 @@ def _train_cmd(work: Path, data: Path, *extra: str, **overrides) -> list[str]:
     return [sys.executable, "-m", "mmdet_convnext.train", str(SMOKE), "--work-dir", str(work), *extra, "--cfg-options", *opts]
 
 
-def _load(path: Path) -> dict:
-    with mmengine_checkpoint_globals():
-        return torch.load(path, map_location="cpu")  # weights_only=True (torch's default)
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dino_data") / "shapes"
@@ -75,30 +65,13 @@ def run(shapes, tmp_path_factory):
                 "param_scheduler.0.end": LEARN_ITERS}
     t0 = time.monotonic()
     log1 = root / "run1.log"
-    with open(log1, "w") as f:
-        proc = subprocess.Popen(_train_cmd(work, shapes, **schedule), stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
-    last = work / "last_checkpoint"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"iter_(\d+)\.pth$", last.read_text()) if last.is_file() else None
-            if m and int(m.group(1)) >= 2 * CKPT_INTERVAL:
-                break
-            time.sleep(0.2)
-        ended_early = proc.poll() is not None
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert not ended_early, f"run 1 ended before it could be killed:\n{log_tail(log1)}"
-    killed_at = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
-    checkpoints_after_kill = {p.name: _load(p)["meta"]["iter"] for p in work.glob("iter_*.pth")}
+    killed_at, returncode1 = kill_after_checkpoint(_train_cmd(work, shapes, **schedule), work, log1, 2 * CKPT_INTERVAL, timeout=600)
+    checkpoints_after_kill = {p.name: load_mmengine_checkpoint(p)["meta"]["iter"] for p in work.glob("iter_*.pth")}
     log2 = root / "run2.log"
     proc2 = run_logged(_train_cmd(work, shapes, "--resume", **schedule), log2, timeout=900)
     assert proc2.returncode == 0, log_tail(log2)
     runs = logged_scalars(work)
-    return dict(work=work, killed_at=killed_at, returncode1=proc.returncode, checkpoints_after_kill=checkpoints_after_kill,
+    return dict(work=work, killed_at=killed_at, returncode1=returncode1, checkpoints_after_kill=checkpoints_after_kill,
                 log2=log2.read_text(), run1=runs[0], run2=runs[-1], seconds=time.monotonic() - t0)
 
 
@@ -108,7 +81,7 @@ def test_killed_dino_run_resumes_at_the_next_iteration_with_the_schedule(run):
     n = run["killed_at"]
     assert f"resumed epoch: 0, iter: {n}" in run["log2"] and f"Advance dataloader {n} steps" in run["log2"]
     assert [r["iter"] for r in run["run2"] if "loss" in r] == list(range(n + 1, LEARN_ITERS + 1))
-    final = _load(run["work"] / f"iter_{LEARN_ITERS}.pth")
+    final = load_mmengine_checkpoint(run["work"] / f"iter_{LEARN_ITERS}.pth")
     assert final["meta"]["iter"] == LEARN_ITERS and "optimizer" in final and "param_schedulers" in final
     assert "backbone.stages.3.1.grn.gamma" in final["state_dict"] and "neck.convs.2.conv.weight" in final["state_dict"]
     lr = {r["iter"]: r["base_lr"] for r in run["run2"] if "base_lr" in r}
@@ -161,6 +134,6 @@ def test_mmdetection_own_train_script_runs_and_resumes_a_user_dino_config(shapes
     assert second.returncode == 0, log_tail(tmp_path / "second.log")
     text = (tmp_path / "second.log").read_text()
     assert "resumed epoch: 0, iter: 2" in text and "coco/bbox_mAP" in text  # CocoMetric at iteration 3
-    final = _load(work / "iter_3.pth")
+    final = load_mmengine_checkpoint(work / "iter_3.pth")
     assert final["meta"]["iter"] == 3 and final["state_dict"]["query_embedding.weight"].shape[0] == 50
     assert "decoder.layers.0.ffn.layers.1.weight" in final["state_dict"] and "decoder.layers.1.ffn.layers.1.weight" not in final["state_dict"]

@@ -14,11 +14,9 @@ faster than two).
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,9 +29,9 @@ from mmengine.registry import DefaultScope
 from convnext_backbone import CheckpointError
 from convnext_backbone.synthetic import SyntheticSpec, make_coco_split
 from mmdet_convnext.train import main as train_main
-from openmmlab_convnext import checkpoint_problem, mmengine_checkpoint_globals
+from openmmlab_convnext import checkpoint_problem
 
-from helpers import REPO, ctrl_c_note, log_tail, logged_scalars, run_logged, subprocess_env
+from helpers import REPO, ctrl_c_note, kill_after_checkpoint, load_mmengine_checkpoint, log_tail, logged_scalars, run_logged
 
 SMOKE = REPO / "configs" / "mmdet" / "smoke" / "mask_rcnn_convnextv2_atto_fpn_shapes.py"
 MMDET_TRAIN = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"  # MMDetection's own script
@@ -71,11 +69,6 @@ def _error_line(err: str, prog: str = "convnext-mmdet-train") -> str:
     return lines[0]
 
 
-def _load(path: Path) -> dict:
-    with mmengine_checkpoint_globals():
-        return torch.load(path, map_location="cpu")  # weights_only=True (torch's default)
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mmdet_data") / "shapes"
@@ -94,31 +87,14 @@ def run(shapes, tmp_path_factory):
                 "log_processor.window_size": 1, "param_scheduler.1.milestones": f"[{STEP_AT}]"}
     t0 = time.monotonic()
     log1 = root / "run1.log"
-    with open(log1, "w") as f:
-        proc = subprocess.Popen(_train_cmd(work, shapes, **schedule), stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
-    last = work / "last_checkpoint"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"iter_(\d+)\.pth$", last.read_text()) if last.is_file() else None
-            if m and int(m.group(1)) >= 2 * CKPT_INTERVAL:
-                break
-            time.sleep(0.2)
-        ended_early = proc.poll() is not None
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert not ended_early, f"run 1 ended before it could be killed:\n{log_tail(log1)}"
-    killed_at = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
+    killed_at, returncode1 = kill_after_checkpoint(_train_cmd(work, shapes, **schedule), work, log1, 2 * CKPT_INTERVAL, timeout=600)
     files_after_kill = sorted(p.name for p in work.iterdir())
-    checkpoints_after_kill = {p.name: _load(p)["meta"]["iter"] for p in work.glob("iter_*.pth")}
+    checkpoints_after_kill = {p.name: load_mmengine_checkpoint(p)["meta"]["iter"] for p in work.glob("iter_*.pth")}
     log2 = root / "run2.log"
     proc2 = run_logged(_train_cmd(work, shapes, "--resume", **schedule), log2, timeout=900)
     assert proc2.returncode == 0, log_tail(log2)
     runs = logged_scalars(work)
-    return dict(work=work, killed_at=killed_at, returncode1=proc.returncode, files_after_kill=files_after_kill,
+    return dict(work=work, killed_at=killed_at, returncode1=returncode1, files_after_kill=files_after_kill,
                 checkpoints_after_kill=checkpoints_after_kill, log1=log1.read_text(), log2=log2.read_text(),
                 run1=runs[0], run2=runs[-1], seconds=time.monotonic() - t0)
 
@@ -135,7 +111,7 @@ def test_resume_continues_at_the_next_iteration_with_the_schedule(run):
     assert f"resumed epoch: 0, iter: {n}" in run["log2"] and f"Advance dataloader {n} steps" in run["log2"]
     trained = [r["iter"] for r in run["run2"] if "loss" in r]
     assert trained == list(range(n + 1, LEARN_ITERS + 1)), "the resumed run trains exactly the missing iterations"
-    final = _load(run["work"] / f"iter_{LEARN_ITERS}.pth")
+    final = load_mmengine_checkpoint(run["work"] / f"iter_{LEARN_ITERS}.pth")
     assert final["meta"]["iter"] == LEARN_ITERS and "optimizer" in final and "param_schedulers" in final
     # the lr schedule went on where it stopped: the step at iteration 50 took effect (a restarted
     # scheduler would have put it at n + 50, after the end)
@@ -279,7 +255,7 @@ def test_distributed_two_cpu_processes_with_torchrun(shapes, tmp_path):
     assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
     assert re.search(r"GPU number: 2", text), "two ranks"
     assert "SyncBN has no CPU implementation" in text
-    ckpt = _load(work / "iter_3.pth")
+    ckpt = load_mmengine_checkpoint(work / "iter_3.pth")
     assert ckpt["meta"]["iter"] == 3 and not any(k.startswith("module.") for k in ckpt["state_dict"])
     run = logged_scalars(work)[-1]
     assert [r["iter"] for r in run if "loss" in r] == [1, 2, 3]
@@ -304,6 +280,6 @@ def test_mmdetection_own_train_script_runs_and_resumes_a_user_config_inheriting_
     assert second.returncode == 0, log_tail(tmp_path / "second.log")
     text = (tmp_path / "second.log").read_text()
     assert "resumed epoch: 0, iter: 2" in text
-    final = _load(work / "iter_3.pth")
+    final = load_mmengine_checkpoint(work / "iter_3.pth")
     assert final["meta"]["iter"] == 3 and "roi_head.mask_head.convs.1.conv.weight" not in final["state_dict"]
     assert "roi_head.mask_head.convs.0.conv.weight" in final["state_dict"] and "backbone.stages.3.1.grn.gamma" in final["state_dict"]

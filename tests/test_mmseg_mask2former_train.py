@@ -9,23 +9,18 @@ the right iteration with its poly schedule.
 from __future__ import annotations
 
 import math
-import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mmseg
 import pytest
-import torch
 
-from mmseg_convnext import mmengine_checkpoint_globals
 from mmseg_convnext.synthetic import make_ade20k_like
 from mmseg_convnext.train import main as train_main
 
-from helpers import REPO, log_tail, logged_scalars, run_logged, subprocess_env
+from helpers import REPO, kill_after_checkpoint, load_mmengine_checkpoint, log_tail, logged_scalars, run_logged
 
 SMOKE = REPO / "configs" / "mmseg" / "smoke" / "mask2former_convnextv2_atto_64x64_synthetic.py"
 MMSEG_TRAIN = Path(mmseg.__file__).parent / ".mim" / "tools" / "train.py"  # MMSegmentation's own script
@@ -35,11 +30,6 @@ BASE_LR, POLY_END = 5e-4, 200
 def _options(data_root: Path, **overrides) -> list[str]:
     opts = [f"{k}.dataset.data_root={data_root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
     return opts + [f"{k}={v}" for k, v in overrides.items()]
-
-
-def _load(path: Path) -> dict:
-    with mmengine_checkpoint_globals():
-        return torch.load(path, map_location="cpu")  # weights_only=True (torch default)
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +42,10 @@ def test_mask2former_trains_evaluates_is_killed_and_resumes_at_the_right_iterati
     sched = {"default_hooks.checkpoint.interval": 3, "default_hooks.logger.interval": 1, "log_processor.window_size": 1}
     cmd = [sys.executable, "-m", "mmseg_convnext.train", str(SMOKE), "--work-dir", str(work), "--cfg-options",
            *_options(ade, **{"train_cfg.max_iters": 1000, "train_cfg.val_interval": 1000}, **sched)]
-    log1 = tmp_path / "run1.log"
-    with open(log1, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
-    last = work / "last_checkpoint"
-    deadline = time.monotonic() + 400
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"iter_(\d+)\.pth$", last.read_text()) if last.is_file() else None
-            if m and int(m.group(1)) >= 6:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"run 1 ended early:\n{log_tail(log1)}"
-        assert time.monotonic() < deadline, f"no checkpoint at iteration >= 6 in time:\n{log_tail(log1)}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    n = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
+    n, returncode = kill_after_checkpoint(cmd, work, tmp_path / "run1.log", 6, timeout=400)
+    assert returncode == -signal.SIGKILL
     for ckpt in work.glob("iter_*.pth"):  # written atomically: every visible checkpoint is whole
-        assert _load(ckpt)["meta"]["iter"] == int(ckpt.stem.split("_")[1])
+        assert load_mmengine_checkpoint(ckpt)["meta"]["iter"] == int(ckpt.stem.split("_")[1])
     run1 = {r["iter"]: r for r in logged_scalars(work)[-1] if "loss" in r}
 
     log2 = tmp_path / "run2.log"
@@ -94,7 +66,7 @@ def test_mask2former_trains_evaluates_is_killed_and_resumes_at_the_right_iterati
     assert all(math.isfinite(v) for r in losses for k, v in r.items() if "loss" in k)
     assert {"decode.loss_cls", "decode.loss_mask", "decode.loss_dice", "decode.d0.loss_mask"} <= set(trained[n + 1])
     assert run1[min(run1)]["loss"] > trained[n + 3]["loss"], "the loss fell"
-    final = _load(work / f"iter_{n + 3}.pth")
+    final = load_mmengine_checkpoint(work / f"iter_{n + 3}.pth")
     assert final["meta"]["iter"] == n + 3 and "optimizer" in final and "param_schedulers" in final
     assert "backbone.stages.3.1.grn.gamma" in final["state_dict"] and "decode_head.query_embed.weight" in final["state_dict"]
     # evaluated by IoUMetric on the 150 ADE20K classes
@@ -127,5 +99,5 @@ def test_mmsegmentation_own_train_script_runs_and_resumes_a_user_mask2former_con
     assert second.returncode == 0, log_tail(tmp_path / "second.log")
     text = (tmp_path / "second.log").read_text()
     assert "resumed epoch: 0, iter: 2" in text and "mIoU" in text  # IoUMetric at iteration 3
-    final = _load(work / "iter_3.pth")
+    final = load_mmengine_checkpoint(work / "iter_3.pth")
     assert final["meta"]["iter"] == 3 and final["state_dict"]["decode_head.query_embed.weight"].shape[0] == 20

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,11 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmseg_convnext import mmengine_checkpoint_globals
 from mmseg_convnext.synthetic import make_ade20k_like
 from mmseg_convnext.train import main as train_main
 
-from helpers import REPO, ctrl_c_note, log_tail, logged_scalars, run_logged, subprocess_env
+from helpers import REPO, ctrl_c_note, kill_after_checkpoint, load_mmengine_checkpoint, log_tail, logged_scalars, run_logged
 
 SMOKE = REPO / "configs" / "mmseg" / "smoke" / "upernet_convnextv2_atto_64x64_synthetic.py"
 # Measured: see test_training_learns_the_easy_dataset; the bar sits well below the measured
@@ -42,11 +40,6 @@ def _options(data_root: Path, **overrides) -> list[str]:
 def _train_cmd(work_dir: Path, data_root: Path, *extra: str, **overrides) -> list[str]:
     return [sys.executable, "-m", "mmseg_convnext.train", str(SMOKE), "--work-dir", str(work_dir), *extra,
             "--cfg-options", *_options(data_root, **overrides)]
-
-
-def _load(path: Path) -> dict:
-    with mmengine_checkpoint_globals():
-        return torch.load(path, map_location="cpu")  # weights_only=True (torch default)
 
 
 @pytest.fixture(scope="module")
@@ -70,30 +63,12 @@ def test_synthetic_dataset_has_the_ade20k_layout_and_label_range(ade):
 def test_train_eval_checkpoint_kill_and_resume_at_the_right_iteration(ade, tmp_path):
     """SIGKILL mid-run, then ``--resume``: training continues from the last checkpoint's iteration."""
     work = tmp_path / "work"
-    log1 = tmp_path / "run1.log"
     cmd = _train_cmd(work, ade, **{"train_cfg.max_iters": 1000, "train_cfg.val_interval": 1000,
                                    "default_hooks.checkpoint.interval": 2, "default_hooks.logger.interval": 1})
-    with open(log1, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
-    deadline = time.monotonic() + 400
-    last = work / "last_checkpoint"
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if last.is_file() and re.search(r"iter_(\d+)\.pth$", last.read_text()) and \
-                    int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1)) >= 4:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"run 1 ended early:\n{log_tail(log1)}"
-        assert time.monotonic() < deadline, f"no checkpoint at iteration >= 4 in time:\n{log_tail(log1)}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    n = int(re.search(r"iter_(\d+)\.pth$", last.read_text()).group(1))
+    n, returncode = kill_after_checkpoint(cmd, work, tmp_path / "run1.log", 4, timeout=400)
+    assert returncode == -signal.SIGKILL
     for ckpt in work.glob("iter_*.pth"):  # written atomically: every visible checkpoint is whole
-        assert _load(ckpt)["meta"]["iter"] == int(ckpt.stem.split("_")[1])
+        assert load_mmengine_checkpoint(ckpt)["meta"]["iter"] == int(ckpt.stem.split("_")[1])
     run1 = logged_scalars(work)[-1]
     run1_lr = {r["iter"]: r["base_lr"] for r in run1 if "base_lr" in r}
     assert set(range(1, n + 1)) <= set(run1_lr)
@@ -106,7 +81,7 @@ def test_train_eval_checkpoint_kill_and_resume_at_the_right_iteration(ade, tmp_p
     text = log2.read_text()
     assert f"resumed epoch: 0, iter: {n}" in text
     assert f"Advance dataloader {n} steps" in text
-    final = _load(work / f"iter_{n + 2}.pth")
+    final = load_mmengine_checkpoint(work / f"iter_{n + 2}.pth")
     assert final["meta"]["iter"] == n + 2 and "optimizer" in final and "param_schedulers" in final
     run2 = logged_scalars(work)[-1]
     trained = [r["iter"] for r in run2 if "base_lr" in r]
@@ -139,7 +114,7 @@ def test_resume_refuses_a_foreign_malicious_checkpoint(ade, tmp_path):
         evil = tmp_path / "iter_4.pth"
         torch.save({"meta": {"iter": 4, "epoch": 0}, "state_dict": {}, "message_hub": payload}, evil)
         with pytest.raises(Exception, match=message) as err:
-            _load(evil)
+            load_mmengine_checkpoint(evil)
         assert "UnpicklingError" in type(err.value).__name__
         assert not marker.exists()
     # and through the training command: the run stops, nothing is executed
@@ -276,7 +251,7 @@ def test_distributed_two_cpu_processes_with_torchrun(ade, tmp_path):
     assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
     assert re.search(r"GPU number: 2", text), "two ranks"
     assert "SyncBN has no CPU implementation" in text
-    ckpt = _load(work / "iter_3.pth")
+    ckpt = load_mmengine_checkpoint(work / "iter_3.pth")
     assert ckpt["meta"]["iter"] == 3
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
     run = logged_scalars(work)[-1]
